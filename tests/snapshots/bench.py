@@ -1,0 +1,263 @@
+#!/usr/bin/env python3
+"""
+make bench: stock QEMU 10.2.2 and ours, measured in one run on the same
+guest (not part of make check).
+
+For each guest RAM size (about 75% of it dirtied by the workload) and each
+binary it measures:
+  - snapshot-save into qcow2: guest-stopped time and total time
+  - snapshot-load: time until the guest runs again, and until the job ends
+  - migrate to file: with background-snapshot, and background-snapshot +
+    mapped-ram: guest pause and total time
+  - restoring each of those files into a new QEMU: time from
+    migrate-incoming to guest running, and to completion
+
+Writes results.json, results.md (table with a stock/ours ratio column) and
+results.png to --out.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+from measure import EventLog, event_time, wait_job
+import snaptest
+from snaptest import Guest
+
+STOCK_QEMU = os.path.join(snaptest.BUILD, "stock", "build", "qemu-system-x86_64")
+
+METRICS = [
+    ("save_paused", "snapshot-save: guest stopped", "s"),
+    ("save_total", "snapshot-save: total", "s"),
+    ("load_running", "snapshot-load: until guest runs", "s"),
+    ("load_total", "snapshot-load: total", "s"),
+    ("bg_paused", "migrate bg-snapshot: guest pause", "s"),
+    ("bg_total", "migrate bg-snapshot: total", "s"),
+    ("bg_restore_running", "restore bg-snapshot file: until guest runs", "s"),
+    ("bg_restore_total", "restore bg-snapshot file: until complete", "s"),
+    ("bgmr_paused", "migrate bg-snapshot+mapped-ram: guest pause", "s"),
+    ("bgmr_total", "migrate bg-snapshot+mapped-ram: total", "s"),
+    ("bgmr_restore_running", "restore bg+mapped-ram file: until guest runs", "s"),
+    ("bgmr_restore_total", "restore bg+mapped-ram file: until complete", "s"),
+]
+
+
+def set_caps(g, **caps):
+    g.cmd("migrate-set-capabilities", capabilities=[
+        {"capability": k.replace("_", "-"), "state": v} for k, v in caps.items()])
+
+
+def migrate_to_file(g, path, caps):
+    log = EventLog(g)
+    log.clear()
+    set_caps(g, **caps)
+    t0 = time.time()
+    g.cmd("migrate", uri=f"file:{path}")
+    while True:
+        ev = log.wait("MIGRATION", timeout=3600)
+        st = ev["data"]["status"]
+        if st in ("completed", "failed", "cancelled"):
+            break
+        log.events.remove(ev)
+    if st != "completed":
+        info = g.cmd("query-migrate")
+        raise RuntimeError(f"migrate failed: {info.get('error-desc', st)}")
+    # background-snapshot resumes the guest when done; make sure we saw it
+    if g.status() == "running":
+        log.poll()
+    total = event_time(ev) - t0
+    set_caps(g, **{k: False for k in caps})
+    return log.paused_seconds(), total
+
+
+def restore_file(qemu, workdir, ram_mb, wl_mb, path, caps):
+    """Start a new QEMU and load PATH; time until running and until completion."""
+    g = Guest(workdir, name="restore", ram_mb=ram_mb, wl_mb=wl_mb, qemu=qemu,
+              incoming="defer")
+    g.launch()
+    try:
+        log = EventLog(g)
+        set_caps(g, **caps)
+        t0 = time.time()
+        g.cmd("migrate-incoming", uri=f"file:{path}")
+        done = None
+        running = None
+        deadline = time.monotonic() + 3600
+        while time.monotonic() < deadline and (done is None or running is None):
+            log.poll()
+            for ev in log.events:
+                if ev["event"] == "MIGRATION" and ev["data"]["status"] in ("completed", "failed"):
+                    done = done or ev
+                if ev["event"] == "RESUME":
+                    running = running or ev
+            if done and done["data"]["status"] == "failed":
+                break
+            if not g.vm.is_running():
+                break
+            ev = g.vm.get_qmp_event(wait=0.5)
+            if ev:
+                log.events.append(ev)
+        if not done or done["data"]["status"] != "completed" or not running:
+            log_text = g.vm.get_log() if not g.vm.is_running() else ""
+            info = g.qmp("query-migrate").get("return", {}) if g.vm.is_running() else {}
+            raise RuntimeError("restore failed: " + (info.get("error-desc") or
+                                                     (log_text or "").strip()[-300:] or "no completion"))
+        errors = g.wait_full_pass(timeout=3600)
+        if errors:
+            raise RuntimeError(f"restored guest found {errors} corrupt pages")
+        return event_time(running) - t0, event_time(done) - t0
+    finally:
+        g.shutdown()
+
+
+def run_one(qemu, size_gb, workdir, res):
+    ram_mb = size_gb * 1024
+    wl_mb = ram_mb * 3 // 4
+    disk = os.path.join(workdir, "disk.qcow2")
+    g = Guest(workdir, ram_mb=ram_mb, wl_mb=wl_mb, disk=disk, qemu=qemu)
+    g.launch()
+    try:
+        g.wait_ready(timeout=3600)
+        g.wait_progress()
+        log = EventLog(g)
+
+        log.clear()
+        t0 = time.time()
+        g.cmd("snapshot-save", job_id="save", tag="bench", vmstate="disk0", devices=["disk0"])
+        err, ev = wait_job(log, "save")
+        if err:
+            raise RuntimeError(f"snapshot-save: {err}")
+        res["save_total"] = event_time(ev) - t0
+        res["save_paused"] = log.paused_seconds()
+
+        g.wait_progress()
+        log.clear()
+        t0 = time.time()
+        g.cmd("snapshot-load", job_id="load", tag="bench", vmstate="disk0", devices=["disk0"])
+        err, ev = wait_job(log, "load")
+        if err:
+            raise RuntimeError(f"snapshot-load: {err}")
+        res["load_total"] = event_time(ev) - t0
+        res["load_running"] = event_time(log.wait("RESUME", timeout=60)) - t0
+        g.wait_progress()
+
+        for key, caps in (("bg", {"background_snapshot": True}),
+                          ("bgmr", {"background_snapshot": True, "mapped_ram": True})):
+            path = os.path.join(workdir, f"{key}.mig")
+            try:
+                res[f"{key}_paused"], res[f"{key}_total"] = migrate_to_file(g, path, caps)
+            except RuntimeError as e:
+                res[f"{key}_error"] = str(e)
+                continue
+            g.wait_progress()
+            restore_caps = {"mapped_ram": True} if "mapped_ram" in caps else {}
+            try:
+                (res[f"{key}_restore_running"],
+                 res[f"{key}_restore_total"]) = restore_file(qemu, workdir, ram_mb, wl_mb,
+                                                             path, restore_caps)
+            except RuntimeError as e:
+                res[f"{key}_restore_error"] = str(e)
+            os.unlink(path)
+    finally:
+        g.shutdown()
+
+
+def fmt(v):
+    if v is None:
+        return "–"
+    return f"{v * 1000:.0f} ms" if v < 1 else f"{v:.2f} s"
+
+
+def write_outputs(out, results, sizes):
+    with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=2)
+    lines = ["| metric | RAM | stock | ours | stock/ours |", "|---|---|---|---|---|"]
+    for key, label, _ in METRICS:
+        for size in sizes:
+            s = results["stock"].get(str(size), {})
+            o = results["ours"].get(str(size), {})
+            sv, ov = s.get(key), o.get(key)
+            ratio = f"{sv / ov:.2f}" if sv and ov else "–"
+            prefix = key.rsplit("_", 1)[0]
+            if sv is None and (s.get(f"{prefix}_error") or s.get(f"{prefix.split('_')[0]}_error")):
+                sv_s = "fails"
+            else:
+                sv_s = fmt(sv)
+            if ov is None and (o.get(f"{prefix}_error") or o.get(f"{prefix.split('_')[0]}_error")):
+                ov_s = "fails"
+            else:
+                ov_s = fmt(ov)
+            lines.append(f"| {label} | {size} GiB | {sv_s} | {ov_s} | {ratio} |")
+    errors = []
+    for which in ("stock", "ours"):
+        for size, r in results[which].items():
+            for k, v in r.items():
+                if k.endswith("_error"):
+                    errors.append(f"- {which}, {size} GiB, {k}: {v}")
+    md = "\n".join(lines) + "\n"
+    if errors:
+        md += "\nFailures:\n" + "\n".join(errors) + "\n"
+    md += f"\n{results['meta']}\n"
+    with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
+        f.write(md)
+    print(md)
+    plot(out, results, sizes)
+
+
+def plot(out, results, sizes):
+    import matplotlib  # pylint: disable=import-outside-toplevel
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
+    keys = [m for m in METRICS]
+    fig, axes = plt.subplots(len(keys) // 2, 2, figsize=(12, 3 * len(keys) // 2))
+    for ax, (key, label, _) in zip(axes.flat, keys):
+        for i, which in enumerate(("stock", "ours")):
+            vals = [results[which].get(str(s), {}).get(key) or 0 for s in sizes]
+            xs = [j + (i - 0.5) * 0.38 for j in range(len(sizes))]
+            ax.bar(xs, vals, width=0.38, label=which)
+        ax.set_xticks(range(len(sizes)))
+        ax.set_xticklabels([f"{s} GiB" for s in sizes])
+        ax.set_title(label, fontsize=9)
+        ax.set_ylabel("seconds")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "results.png"), dpi=80)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="1,2,4,8", help="guest RAM sizes in GiB")
+    ap.add_argument("--out", default=os.path.join(snaptest.BUILD, "bench"))
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    os.makedirs(args.out, exist_ok=True)
+    for q in (STOCK_QEMU, snaptest.QEMU):
+        if not os.path.exists(q):
+            sys.exit(f"bench: {q} is not built")
+    results = {"stock": {}, "ours": {},
+               "meta": f"accel {snaptest.ACCEL}, workload dirties 75% of RAM, "
+                       f"measured {time.strftime('%Y-%m-%d %H:%M')} on {os.uname().nodename}"}
+    for size in sizes:
+        for which, qemu in (("stock", STOCK_QEMU), ("ours", snaptest.QEMU)):
+            workdir = tempfile.mkdtemp(prefix=f"qis-bench-{which}-{size}-", dir="/var/tmp")
+            res = results[which].setdefault(str(size), {})
+            print(f"bench: {which} {size} GiB ...", flush=True)
+            try:
+                run_one(qemu, size, workdir, res)
+            except Exception as e:  # pylint: disable=broad-except
+                res["run_error"] = str(e)[:500]
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+            print(f"bench: {which} {size} GiB: " +
+                  ", ".join(f"{k}={v if isinstance(v, str) else round(v, 4)}"
+                            for k, v in res.items()), flush=True)
+            write_outputs(args.out, results, sizes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""
+Test harness for QEMU Instant Snapshots.
+
+Boots the test guest (Debian's cloud kernel + our busybox initramfs running
+the workload from guest/workload.c) under QEMU's own python library
+(qemu.machine / qemu.qmp from the assembled tree), and offers helpers for
+snapshot jobs, console parsing and RAM dumps.
+
+Environment:
+  QIS_BUILD_DIR   build directory of the project (default: <repo>/build)
+  QIS_QEMU        qemu-system-x86_64 to test (default: our build)
+  QIS_QEMU_IMG    qemu-img to use (default: our build)
+  ACCEL           tcg (default) or kvm
+"""
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+TOP = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BUILD = os.environ.get("QIS_BUILD_DIR", os.path.join(TOP, "build"))
+TREE = os.path.join(BUILD, "qemu")
+sys.path.insert(0, os.path.join(TREE, "python"))
+
+# pylint: disable=wrong-import-position
+from qemu.machine import QEMUMachine  # noqa: E402
+
+QEMU = os.environ.get("QIS_QEMU", os.path.join(TREE, "build", "qemu-system-x86_64"))
+QEMU_IMG = os.environ.get("QIS_QEMU_IMG", os.path.join(TREE, "build", "qemu-img"))
+KERNEL = os.path.join(BUILD, "guest", "vmlinuz")
+INITRD = os.path.join(BUILD, "guest", "initramfs.cpio.gz")
+ACCEL = os.environ.get("ACCEL", "tcg")
+
+PAGE = 4096
+
+
+class GuestError(Exception):
+    pass
+
+
+def qemu_img(*args):
+    subprocess.run([QEMU_IMG, *args], check=True, stdout=subprocess.DEVNULL)
+
+
+def create_qcow2(path, size="4G"):
+    qemu_img("create", "-q", "-f", "qcow2", path, size)
+
+
+def snapshots_in(path):
+    """Internal snapshots of a qcow2 image, as qemu-img reports them."""
+    out = subprocess.run([QEMU_IMG, "snapshot", "-l", "-U", path],
+                         check=True, capture_output=True, text=True).stdout
+    tags = []
+    for line in out.splitlines()[2:]:
+        fields = line.split()
+        if len(fields) >= 2:
+            tags.append(fields[1])
+    return tags
+
+
+class Guest:
+    """
+    One QEMU process running the test guest.
+
+    ram_mb: guest RAM; wl_mb: memory the workload fills and keeps rewriting;
+    wl_rate: page rewrites per second (0: as fast as it can).
+    disk: path of a qcow2 image attached as block node "disk0" (created if
+    missing), or None.
+    """
+
+    def __init__(self, workdir, name="vm", ram_mb=512, wl_mb=64, seed=1,
+                 wl_rate=0, disk=None, qemu=None, extra_args=(),
+                 incoming=None, paused=False):
+        self.workdir = workdir
+        self.name = name
+        self.ram_mb = ram_mb
+        self.wl_mb = wl_mb
+        self.console_path = os.path.join(workdir, f"{name}-console.log")
+        self._console_pos = 0
+        self._console_buf = ""
+        self.disk = disk
+        if disk and not os.path.exists(disk):
+            create_qcow2(disk)
+        args = [
+            "-machine", "pc", "-accel", ACCEL, "-cpu", "max" if ACCEL == "tcg" else "host",
+            "-m", str(ram_mb), "-smp", "1", "-nodefaults",
+            "-kernel", KERNEL, "-initrd", INITRD,
+            "-append", f"console=ttyS0 panic=-1 quiet wl.mb={wl_mb} wl.seed={seed} "
+                       f"wl.rate={wl_rate}",
+            "-serial", f"file:{self.console_path}",
+            "-no-reboot",
+        ]
+        if disk:
+            args += ["-blockdev", f"driver=file,filename={disk},node-name=file0",
+                     "-blockdev", "driver=qcow2,file=file0,node-name=disk0"]
+        if incoming:
+            args += ["-incoming", incoming]
+        if paused:
+            args += ["-S"]
+        args += list(extra_args)
+        self.vm = QEMUMachine(qemu or QEMU, args=args, name=name,
+                              base_temp_dir=workdir, log_dir=workdir,
+                              qmp_timer=600)
+
+    # -- life cycle --------------------------------------------------------
+    def launch(self):
+        self.vm.launch()
+        return self
+
+    def shutdown(self):
+        try:
+            self.vm.shutdown(timeout=30)
+        except Exception:  # pylint: disable=broad-except
+            self.vm.kill()
+
+    def __enter__(self):
+        return self.launch()
+
+    def __exit__(self, *exc):
+        self.shutdown()
+
+    def cmd(self, name, **args):
+        return self.vm.cmd(name, **args)
+
+    def qmp(self, name, **args):
+        return self.vm.qmp(name, **args)
+
+    def status(self):
+        return self.cmd("query-status")["status"]
+
+    # -- console -----------------------------------------------------------
+    def console(self):
+        """Everything the guest printed so far."""
+        try:
+            with open(self.console_path, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+    def wait_console(self, pattern, timeout=300, since=None):
+        """
+        Wait for a console line matching regex PATTERN that appears after
+        offset SINCE (default: after the last match), return the match.
+        """
+        regex = re.compile(pattern)
+        pos = self._console_pos if since is None else since
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.console()
+            m = regex.search(text, pos)
+            if m:
+                self._console_pos = m.end()
+                return m
+            self.check_no_corruption(text)
+            if not self.vm.is_running():
+                raise GuestError(f"QEMU exited while waiting for {pattern!r}:\n"
+                                 f"{self.vm.get_log()}\n{text[-2000:]}")
+            if time.monotonic() > deadline:
+                raise GuestError(f"timeout waiting for {pattern!r}; console tail:\n"
+                                 f"{text[-2000:]}")
+            time.sleep(0.1)
+
+    def console_mark(self):
+        return len(self.console())
+
+    @staticmethod
+    def corruption_lines(text):
+        return [l for l in text.splitlines() if "WL CORRUPT" in l or "WL ERROR" in l]
+
+    def check_no_corruption(self, text=None):
+        bad = self.corruption_lines(self.console() if text is None else text)
+        if bad:
+            raise GuestError("the guest workload found corrupt pages:\n" + "\n".join(bad[:20]))
+
+    def wait_ready(self, timeout=600):
+        return self.wait_console(r"WL READY pages=(\d+)", timeout=timeout, since=0)
+
+    def wait_progress(self, timeout=120):
+        return self.wait_console(r"WL PROGRESS pass=(\d+) rewrites=(\d+) errors=(\d+)",
+                                 timeout=timeout)
+
+    def wait_full_pass(self, timeout=600):
+        """Wait until the workload has verified every page once more."""
+        m = self.wait_console(r"WL PASS k=(\d+) errors=(\d+)", timeout=timeout)
+        first = int(m.group(1))
+        m = self.wait_console(rf"WL PASS k={first + 1} errors=(\d+)", timeout=timeout)
+        return int(m.group(1))
+
+    # -- RAM ---------------------------------------------------------------
+    def dump_ram(self, path):
+        """
+        Write all of guest RAM (guest-physical 0 .. ram size; the pc machine
+        maps up to 3 GiB of RAM contiguously from 0) to PATH and return its
+        sha256.  The guest must be stopped for a meaningful result.
+        """
+        assert self.ram_mb <= 3072, "dump_ram only handles RAM below 4 GiB"
+        self.cmd("pmemsave", val=0, size=self.ram_mb * 1024 * 1024, filename=path)
+        return file_sha256(path)
+
+    # -- jobs --------------------------------------------------------------
+    def run_job(self, command, job_id, timeout=900, **args):
+        """
+        Start a job-based command, wait for it to conclude and dismiss it.
+        Returns None on success or the job's error string.
+        """
+        self.cmd(command, job_id=job_id, **args)
+        return self.wait_job(job_id, timeout)
+
+    def wait_job(self, job_id, timeout=900):
+        deadline = time.monotonic() + timeout
+        while True:
+            ev = self.vm.event_wait("JOB_STATUS_CHANGE", timeout=max(1, deadline - time.monotonic()),
+                                    match={"data": {"id": job_id}})
+            if ev is None:
+                raise GuestError(f"timeout waiting for job {job_id}")
+            if ev["data"]["status"] == "concluded":
+                break
+        jobs = [j for j in self.cmd("query-jobs") if j["id"] == job_id]
+        err = jobs[0].get("error") if jobs else None
+        self.cmd("job-dismiss", id=job_id)
+        return err
+
+
+def file_sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def differing_pages(a, b, limit=10):
+    """Page indexes at which two RAM dumps differ (at most LIMIT)."""
+    out = []
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        idx = 0
+        while len(out) < limit:
+            ca, cb = fa.read(PAGE * 256), fb.read(PAGE * 256)
+            if not ca and not cb:
+                break
+            if ca != cb:
+                for i in range(0, max(len(ca), len(cb)), PAGE):
+                    if ca[i:i + PAGE] != cb[i:i + PAGE]:
+                        out.append(idx + i // PAGE)
+                        if len(out) >= limit:
+                            break
+            idx += 256
+    return out
+
+
+def dump_json(path, obj):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2)

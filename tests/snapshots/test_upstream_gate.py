@@ -1,0 +1,134 @@
+"""
+Upstream gate: upstream's own tests run against our build, forced to TCG.
+
+- qtest migration-test: /migration/precopy/file*, /migration/multifd/file/
+  mapped-ram*, /migration/postcopy/plain, /migration/postcopy/recovery/plain
+- qemu-iotests: 267 and qcow2-internal-snapshots, with -qcow2
+
+Each upstream test case is reported as one pytest test (marked "gate"), so
+the summary shows them beside ours.  migration-test is run once for all of
+its selected paths; each case's result is read from its TAP output.
+"""
+
+import fnmatch
+import os
+import re
+import stat
+import subprocess
+import tempfile
+
+import pytest
+
+import snaptest
+
+pytestmark = pytest.mark.gate
+
+BUILD = os.path.join(snaptest.TREE, "build")
+MIGRATION_TEST = os.path.join(BUILD, "tests", "qtest", "migration-test")
+PATTERNS = [
+    "/x86_64/migration/precopy/file",
+    "/x86_64/migration/precopy/file/*",
+    "/x86_64/migration/multifd/file/mapped-ram",
+    "/x86_64/migration/multifd/file/mapped-ram/*",
+    "/x86_64/migration/postcopy/plain",
+    "/x86_64/migration/postcopy/recovery/plain",
+]
+IOTESTS = ["267", "qcow2-internal-snapshots"]
+
+
+def tcg_wrapper(directory):
+    """
+    A qemu-system-x86_64 that drops '-accel kvm': migration-test asks for
+    '-accel kvm -accel tcg' when /dev/kvm exists, and nested KVM is too slow
+    here.  The name must end in qemu-system-x86_64 for qtest.
+    """
+    path = os.path.join(directory, "qemu-system-x86_64")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"""#!/bin/bash
+args=()
+while [ $# -gt 0 ]; do
+    if [ "$1" = -accel ] && [ "$2" = kvm ]; then shift 2; continue; fi
+    args+=("$1"); shift
+done
+exec {snaptest.QEMU} "${{args[@]}}"
+""")
+    os.chmod(path, os.stat(path).st_mode | stat.S_IEXEC)
+    return path
+
+
+def migration_env(wrapper):
+    env = dict(os.environ)
+    env.update(QTEST_QEMU_BINARY=wrapper,
+               QTEST_QEMU_IMG=snaptest.QEMU_IMG,
+               PYTHON="/usr/bin/python3")
+    return env
+
+
+_WRAPDIR = tempfile.mkdtemp(prefix="qis-gate-")
+_WRAPPER = tcg_wrapper(_WRAPDIR)
+
+
+def list_migration_tests():
+    if not os.path.exists(MIGRATION_TEST):
+        return []
+    out = subprocess.run([MIGRATION_TEST, "--full", "-l"], env=migration_env(_WRAPPER),
+                         capture_output=True, text=True, timeout=120, check=False).stdout
+    paths = [l.strip() for l in out.splitlines() if l.strip().startswith("/")]
+    return [p for p in paths if any(fnmatch.fnmatchcase(p, pat) for pat in PATTERNS)]
+
+
+MIGRATION_CASES = list_migration_tests()
+
+
+@pytest.fixture(scope="module")
+def migration_results():
+    """Run migration-test once for all selected cases; map path -> (ok, log)."""
+    if not MIGRATION_CASES:
+        return {}
+    cmd = [MIGRATION_TEST, "--full", "--tap", "-k"]
+    for p in MIGRATION_CASES:
+        cmd += ["-p", p]
+    proc = subprocess.run(cmd, env=migration_env(_WRAPPER), capture_output=True,
+                          text=True, timeout=3600, check=False)
+    results = {}
+    for line in proc.stdout.splitlines():
+        m = re.match(r"(not ok|ok) \d+ (/\S+)", line)
+        if m:
+            results[m.group(2)] = (m.group(1) == "ok" and "# SKIP" not in line, line)
+    results["__log__"] = proc.stdout[-5000:] + proc.stderr[-5000:]
+    return results
+
+
+def test_migration_test_built():
+    assert os.path.exists(MIGRATION_TEST), f"{MIGRATION_TEST} is not built"
+    assert len(MIGRATION_CASES) >= 10, MIGRATION_CASES
+
+
+@pytest.mark.parametrize("path", MIGRATION_CASES)
+def test_migration(migration_results, path):
+    assert path in migration_results, \
+        f"{path} did not report a result:\n{migration_results['__log__']}"
+    ok, line = migration_results[path]
+    assert ok, f"{line}\n{migration_results['__log__']}"
+
+
+@pytest.fixture(scope="module")
+def iotest_results():
+    iodir = os.path.join(BUILD, "tests", "qemu-iotests")
+    env = dict(os.environ)
+    env.update(QEMU_PROG=snaptest.QEMU, PYTHON="/usr/bin/python3")
+    proc = subprocess.run(["/usr/bin/python3", "./check", "-qcow2", *IOTESTS], cwd=iodir,
+                          env=env, capture_output=True, text=True, timeout=1800, check=False)
+    results = {}
+    for line in proc.stdout.splitlines():
+        m = re.match(r"(\S+)\s+(pass|fail|not run)\b", line)
+        if m:
+            results[m.group(1)] = m.group(2)
+    results["__log__"] = proc.stdout[-5000:] + proc.stderr[-3000:]
+    return results
+
+
+@pytest.mark.parametrize("name", IOTESTS)
+def test_iotest(iotest_results, name):
+    assert iotest_results.get(name) == "pass", \
+        f"iotest {name}: {iotest_results.get(name)}\n{iotest_results['__log__']}"
