@@ -34,8 +34,8 @@ if [ ! -d "$dest/.git" ]; then
     (
         cd "$dest.tmp"
         git init -q
-        git config user.name "QEMU Instant Snapshots build"
-        git config user.email "build@qemu-instant-snapshots.invalid"
+        git config user.name "QEMU Instant Snapshots"
+        git config user.email "dev@qemu-instant-snapshots.invalid"
         git add -A -f .
         git commit -q -m "upstream QEMU 10.2.2 (Debian $SRC_VERSION, packaging patches applied)"
         git tag upstream
@@ -133,3 +133,14 @@ fi
 note "building in $bdir"
 ninja -C "$bdir" qemu-system-x86_64 qemu-img qemu-io qemu-nbd storage-daemon/qemu-storage-daemon \
     || die "build failed in $bdir"
+
+# QEMU run from its build dir looks for firmware relative to
+# build/qemu-bundle; point those paths at Debian's firmware packages.
+IFS=: read -ra fwdirs <<< "$FIRMWARE_PATH"
+for d in "${fwdirs[@]}"; do
+    link=$bdir/qemu-bundle$d
+    if [ ! -e "$link" ]; then
+        mkdir -p "$(dirname "$link")"
+        ln -sfn "$d" "$link"
+    fi
+done

@@ -31,3 +31,7 @@ def pytest_runtest_makereport(item, call):
 
 def pytest_report_header(config):
     return [f"qemu: {snaptest.QEMU}", f"accel: {snaptest.ACCEL}"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gate: upstream's own tests run against our build")

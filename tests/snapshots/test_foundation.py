@@ -67,21 +67,30 @@ def test_stock_snapshot_save_load_roundtrip(workdir):
         g.check_no_corruption(g.console()[mark:])
 
 
-@pytest.mark.parametrize("command", ["snapshot-save", "snapshot-load"])
-def test_nonexistent_vmstate_node(workdir, command):
-    """A vmstate node that does not exist: a clear error, the guest runs on."""
+@pytest.mark.parametrize("command,tag,vmstate,named", [
+    ("snapshot-save", "snap1", "nosuchnode", "nosuchnode"),
+    ("snapshot-load", "snap0", "nosuchnode", "nosuchnode"),
+    ("snapshot-load", "nosuchtag", "disk0", "nosuchtag"),
+])
+def test_bad_snapshot_request(workdir, command, tag, vmstate, named):
+    """
+    A vmstate node or tag that does not exist: a clear error that names it,
+    the guest runs on, and the existing snapshot is untouched.
+    """
     disk = os.path.join(workdir, "disk.qcow2")
     with Guest(workdir, ram_mb=RAM_MB, wl_mb=64, disk=disk) as g:
         g.wait_ready()
-        err = g.run_job(command, "job0", tag="snap0", vmstate="nosuchnode",
+        assert g.run_job("snapshot-save", "save0", tag="snap0", vmstate="disk0",
+                         devices=["disk0"]) is None
+        err = g.run_job(command, "job0", tag=tag, vmstate=vmstate,
                         devices=["disk0"])
         assert err is not None
-        assert "nosuchnode" in err, err
+        assert named in err, err
         assert g.status() == "running"
         before = int(g.wait_progress().group(2))
         after = int(g.wait_progress().group(2))
         assert after > before
-        assert snapshots_in(disk) == []
+        assert snapshots_in(disk) == ["snap0"]
         g.check_no_corruption()
 
 
