@@ -201,6 +201,41 @@ class Guest:
         self.cmd("pmemsave", val=0, size=self.ram_mb * 1024 * 1024, filename=path)
         return file_sha256(path)
 
+    # -- migration ---------------------------------------------------------
+    def set_caps(self, **caps):
+        """migrate-set-capabilities; keyword names use _ for -."""
+        self.cmd("migrate-set-capabilities", capabilities=[
+            {"capability": k.replace("_", "-"), "state": v} for k, v in caps.items()])
+
+    def wait_migration(self, timeout=1800):
+        """Wait for the migration to end; return (status, query-migrate)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = self.cmd("query-migrate")
+            if info.get("status") in ("completed", "failed", "cancelled"):
+                return info["status"], info
+            time.sleep(0.05)
+        raise GuestError("timeout waiting for the migration to end")
+
+    def migrate_to_file(self, path, timeout=1800, **caps):
+        """Migrate to file:PATH with CAPS set; return query-migrate at the end."""
+        self.set_caps(**caps)
+        self.cmd("migrate", uri=f"file:{path}")
+        status, info = self.wait_migration(timeout)
+        if status != "completed":
+            raise GuestError(f"migrate to {path}: {status}: {info.get('error-desc')}")
+        self.set_caps(**{k: False for k in caps})
+        return info
+
+    def incoming_file(self, path, timeout=1800, **caps):
+        """
+        On a guest started with incoming="defer": load file:PATH with CAPS
+        set; return (status, query-migrate).
+        """
+        self.set_caps(**caps)
+        self.cmd("migrate-incoming", uri=f"file:{path}")
+        return self.wait_migration(timeout)
+
     # -- jobs --------------------------------------------------------------
     def run_job(self, command, job_id, timeout=900, **args):
         """
