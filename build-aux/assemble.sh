@@ -131,6 +131,9 @@ fi
 
 # --- build ----------------------------------------------------------------
 note "building in $bdir"
+# Let ccache share objects between trees in different directories (fresh
+# clones, the stock tree): hash paths relative to the tree, not the cwd.
+export CCACHE_BASEDIR=$dest CCACHE_NOHASHDIR=1
 ninja -C "$bdir" qemu-system-x86_64 qemu-img qemu-io qemu-nbd storage-daemon/qemu-storage-daemon \
     || die "build failed in $bdir"
 

@@ -1,0 +1,464 @@
+/*
+ * Postcopy from a mapped-ram file: lazy load of guest RAM
+ *
+ * Copyright (c) 2026 QEMU Instant Snapshots contributors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ *
+ * A mapped-ram file keeps every RAM page at a fixed offset, with a bitmap
+ * of the pages it holds (docs/devel/migration/mapped-ram.rst).  With the
+ * postcopy-ram capability on the destination, the loader reads only that
+ * index and the device state, starts the guest, and lets the postcopy
+ * machinery (userfaultfd registration, fault thread, receivedmap, page
+ * placement, blocktime) fill RAM: the fault thread asks us for a page
+ * instead of asking a source over the return path, and we read it from
+ * the file by offset.  Prefetch threads place the remaining pages in large
+ * sequential chunks meanwhile.  See docs/devel/migration/postcopy-file.rst.
+ */
+
+#include "qemu/osdep.h"
+#include "qemu/bitops.h"
+#include "qemu/error-report.h"
+#include "qemu/main-loop.h"
+#include "qemu/memalign.h"
+#include "qemu/rcu.h"
+#include "qemu/units.h"
+#include "qapi/error.h"
+#include "io/channel.h"
+#include "system/ramblock.h"
+#include "exec/target_page.h"
+#include "migration.h"
+#include "migration-stats.h"
+#include "options.h"
+#include "postcopy-ram.h"
+#include "postcopy-file.h"
+#include "qemu-file.h"
+#include "ram.h"
+#include "trace.h"
+
+/* Prefetch reads this much of the file at a time (at least a host page). */
+#define PREFETCH_CHUNK (1 * MiB)
+
+typedef struct PostcopyFileBlock {
+    RAMBlock *rb;
+    /* One bit per host page: some thread is placing, or has placed, it. */
+    unsigned long *claimed;
+    uint64_t host_pages;
+} PostcopyFileBlock;
+
+struct PostcopyFile {
+    QIOChannel *ioc;
+    PostcopyFileBlock *blocks;
+    int nblocks;
+    uint8_t *fault_buf;         /* the fault thread's page buffer */
+    QemuThread prefetch[POSTCOPY_FILE_PREFETCH_THREADS];
+    int nthreads;
+    uint64_t host_pages_total;
+    /* Updated atomically. */
+    uint64_t host_pages_done;
+    uint64_t pages_faulted;
+    uint64_t pages_prefetched;
+    uint64_t bytes_read;
+    bool failed;
+    QemuEvent all_done;         /* set when host_pages_done hits the total */
+};
+
+/* What the last load did, for query-migrate once it is over */
+static PostcopyFileInfo last_info;
+static bool have_last_info;
+
+bool postcopy_file_enabled(void)
+{
+    return migrate_postcopy_ram() && migrate_mapped_ram();
+}
+
+bool postcopy_file_active(MigrationIncomingState *mis)
+{
+    return mis->postcopy_file != NULL;
+}
+
+static PostcopyFileBlock *pf_block(PostcopyFile *pf, RAMBlock *rb)
+{
+    for (int i = 0; i < pf->nblocks; i++) {
+        if (pf->blocks[i].rb == rb) {
+            return &pf->blocks[i];
+        }
+    }
+    return NULL;
+}
+
+static void pf_get_info(PostcopyFile *pf, PostcopyFileInfo *pi)
+{
+    pi->pages_total = pf->host_pages_total;
+    pi->pages_resident = qatomic_read(&pf->host_pages_done);
+    pi->pages_faulted = qatomic_read(&pf->pages_faulted);
+    pi->pages_prefetched = qatomic_read(&pf->pages_prefetched);
+    pi->bytes_read = qatomic_read(&pf->bytes_read);
+}
+
+/* Claim the host page at @start; false if another thread already has it. */
+static bool pf_claim(PostcopyFileBlock *b, ram_addr_t start)
+{
+    long nr = start / qemu_ram_pagesize(b->rb);
+    unsigned long mask = BIT_MASK(nr);
+    unsigned long *word = b->claimed + BIT_WORD(nr);
+
+    return !(qatomic_fetch_or(word, mask) & mask);
+}
+
+static void pf_page_done(PostcopyFile *pf)
+{
+    if (qatomic_inc_fetch(&pf->host_pages_done) == pf->host_pages_total) {
+        qemu_event_set(&pf->all_done);
+    }
+}
+
+static void pf_fail(MigrationIncomingState *mis, Error *err)
+{
+    PostcopyFile *pf = mis->postcopy_file;
+
+    /*
+     * The guest must never run on a page that was not loaded: keep the
+     * userfaultfd registered, so that vCPUs touching missing pages wait,
+     * and report the error.
+     */
+    if (!qatomic_xchg(&pf->failed, true)) {
+        migrate_set_error(migrate_get_current(), err);
+        error_report_err(err);
+        migrate_set_state(&mis->state, MIGRATION_STATUS_POSTCOPY_ACTIVE,
+                          MIGRATION_STATUS_POSTCOPY_PAUSED);
+    } else {
+        error_free(err);
+    }
+}
+
+/*
+ * Place the host page at @start of @b, reading it from the file into @buf
+ * when the file holds any of its target pages.  @buf may already hold the
+ * page (@have_data).  The caller has claimed the page.
+ */
+static int pf_place(MigrationIncomingState *mis, PostcopyFile *pf,
+                    PostcopyFileBlock *b, ram_addr_t start, uint8_t *buf,
+                    bool have_data)
+{
+    RAMBlock *rb = b->rb;
+    size_t psize = qemu_ram_pagesize(rb);
+    void *host = rb->host + start;
+    long first = start >> TARGET_PAGE_BITS;
+    long n = psize >> TARGET_PAGE_BITS;
+    long set = bitmap_count_one_with_offset(rb->file_bmap, first, n);
+    int ret;
+
+    if (!set) {
+        ret = postcopy_place_page_zero(mis, host, rb);
+    } else {
+        if (!have_data) {
+            Error *err = NULL;
+            uint64_t off = rb->pages_offset + start;
+            ssize_t len = qio_channel_pread(pf->ioc, buf, psize, off, &err);
+
+            if (len != psize) {
+                if (!err) {
+                    error_setg(&err, "short read (%zd of %zu bytes)", len,
+                               psize);
+                }
+                error_prepend(&err, "postcopy from file: RAM block %s: "
+                              "cannot read page at file offset 0x%" PRIx64
+                              ": ", rb->idstr, off);
+                pf_fail(mis, err);
+                return -EIO;
+            }
+            qatomic_add(&pf->bytes_read, psize);
+        }
+        if (set != n) {
+            for (long i = 0; i < n; i++) {
+                if (!test_bit(first + i, rb->file_bmap)) {
+                    memset(buf + i * TARGET_PAGE_SIZE, 0, TARGET_PAGE_SIZE);
+                }
+            }
+        }
+        ret = postcopy_place_page(mis, host, buf, rb);
+    }
+    if (ret) {
+        Error *err = NULL;
+
+        error_setg_errno(&err, -ret, "postcopy from file: cannot place page "
+                         "0x" RAM_ADDR_FMT " of RAM block %s", start,
+                         rb->idstr);
+        pf_fail(mis, err);
+        return ret;
+    }
+    pf_page_done(pf);
+    return 0;
+}
+
+int postcopy_file_request_page(MigrationIncomingState *mis, RAMBlock *rb,
+                               ram_addr_t start, uint64_t haddr, uint32_t tid)
+{
+    PostcopyFile *pf = mis->postcopy_file;
+    PostcopyFileBlock *b = pf_block(pf, rb);
+    int ret;
+
+    if (!b) {
+        error_report("postcopy from file: fault in unknown RAM block %s",
+                     rb->idstr);
+        return -EINVAL;
+    }
+    WITH_QEMU_LOCK_GUARD(&mis->page_request_mutex) {
+        if (ramblock_recv_bitmap_test_byte_offset(rb, start)) {
+            return 0;
+        }
+        mark_postcopy_blocktime_begin(haddr, tid, rb);
+    }
+    if (!pf_claim(b, start)) {
+        /* A prefetch thread is placing it; that wakes the faulting thread */
+        return 0;
+    }
+    trace_postcopy_file_fault(rb->idstr, start);
+    ret = pf_place(mis, pf, b, start, pf->fault_buf, false);
+    if (!ret) {
+        qatomic_inc(&pf->pages_faulted);
+    }
+    return ret;
+}
+
+/*
+ * Prefetch thread @idx of @pf->nthreads: walk every block in chunks,
+ * taking every nthreads-th chunk, and place the pages nobody has claimed.
+ */
+typedef struct PrefetchArg {
+    MigrationIncomingState *mis;
+    int idx;
+} PrefetchArg;
+
+static void *postcopy_file_prefetch_thread(void *opaque)
+{
+    PrefetchArg *arg = opaque;
+    MigrationIncomingState *mis = arg->mis;
+    PostcopyFile *pf = mis->postcopy_file;
+    size_t bufsize = MAX(PREFETCH_CHUNK, mis->largest_page_size);
+    uint8_t *buf = qemu_memalign(qemu_real_host_page_size(), bufsize);
+
+    rcu_register_thread();
+    for (int i = 0; i < pf->nblocks && !qatomic_read(&pf->failed); i++) {
+        PostcopyFileBlock *b = &pf->blocks[i];
+        RAMBlock *rb = b->rb;
+        size_t psize = qemu_ram_pagesize(rb);
+        size_t chunk = QEMU_ALIGN_DOWN(bufsize, psize);
+        uint64_t nchunks = DIV_ROUND_UP(rb->used_length, chunk);
+
+        for (uint64_t c = arg->idx; c < nchunks; c += pf->nthreads) {
+            ram_addr_t off = c * chunk;
+            size_t len = MIN(chunk, rb->used_length - off);
+            long hp = off / psize, hp_end = hp + len / psize;
+            long tp = off >> TARGET_PAGE_BITS;
+            long tp_end = tp + (len >> TARGET_PAGE_BITS);
+            bool have_data = false;
+
+            if (qatomic_read(&pf->failed)) {
+                break;
+            }
+            if (find_next_zero_bit(b->claimed, hp_end, hp) >= hp_end) {
+                continue;       /* all faulted in already */
+            }
+            if (find_next_bit(rb->file_bmap, tp_end, tp) < tp_end) {
+                Error *err = NULL;
+                uint64_t foff = rb->pages_offset + off;
+
+                if (qio_channel_pread(pf->ioc, buf, len, foff, &err) != len) {
+                    if (!err) {
+                        error_setg(&err, "short read");
+                    }
+                    error_prepend(&err, "postcopy from file: RAM block %s: "
+                                  "cannot read 0x%zx bytes at file offset "
+                                  "0x%" PRIx64 ": ", rb->idstr, len, foff);
+                    pf_fail(mis, err);
+                    break;
+                }
+                qatomic_add(&pf->bytes_read, len);
+                have_data = true;
+            }
+            trace_postcopy_file_prefetch(rb->idstr, off, len);
+            for (long p = hp; p < hp_end; p++) {
+                ram_addr_t start = p * psize;
+
+                if (!pf_claim(b, start)) {
+                    continue;
+                }
+                if (pf_place(mis, pf, b, start, buf + (start - off),
+                             have_data)) {
+                    break;
+                }
+                qatomic_inc(&pf->pages_prefetched);
+            }
+        }
+    }
+    rcu_unregister_thread();
+    qemu_vfree(buf);
+    g_free(arg);
+    return NULL;
+}
+
+static void postcopy_file_done_bh(void *opaque)
+{
+    migration_incoming_state_destroy();
+}
+
+/* Runs the prefetch threads and completes the migration when all is in. */
+static void *postcopy_file_fill_thread(void *opaque)
+{
+    MigrationIncomingState *mis = opaque;
+    PostcopyFile *pf = mis->postcopy_file;
+
+    qemu_event_set(&mis->thread_sync_event);
+    trace_postcopy_file_fill_start(pf->host_pages_total,
+                                   qatomic_read(&pf->host_pages_done));
+    for (int i = 0; i < pf->nthreads; i++) {
+        PrefetchArg *arg = g_new(PrefetchArg, 1);
+        g_autofree char *name = g_strdup_printf("mig/dst/pf%d", i);
+
+        arg->mis = mis;
+        arg->idx = i;
+        qemu_thread_create(&pf->prefetch[i], name,
+                           postcopy_file_prefetch_thread, arg,
+                           QEMU_THREAD_JOINABLE);
+    }
+    for (int i = 0; i < pf->nthreads; i++) {
+        qemu_thread_join(&pf->prefetch[i]);
+    }
+    if (qatomic_read(&pf->failed)) {
+        /* Stay paused with the missing pages protected; see pf_fail(). */
+        return NULL;
+    }
+    /* Pages the fault thread claimed may still be in flight */
+    qemu_event_wait(&pf->all_done);
+    trace_postcopy_file_fill_done(qatomic_read(&pf->pages_faulted),
+                                  qatomic_read(&pf->pages_prefetched),
+                                  qatomic_read(&pf->bytes_read));
+    migrate_set_state(&mis->state, MIGRATION_STATUS_POSTCOPY_ACTIVE,
+                      MIGRATION_STATUS_COMPLETED);
+    postcopy_state_set(POSTCOPY_INCOMING_END);
+    migration_bh_schedule(postcopy_file_done_bh, mis);
+    return NULL;
+}
+
+int postcopy_file_prepare(MigrationIncomingState *mis, QEMUFile *f,
+                          Error **errp)
+{
+    PostcopyFile *pf = g_new0(PostcopyFile, 1);
+    RAMBlock *rb;
+    int n = 0;
+
+    have_last_info = false;
+
+    RAMBLOCK_FOREACH_NOT_IGNORED(rb) {
+        n++;
+    }
+    pf->blocks = g_new0(PostcopyFileBlock, n);
+    RAMBLOCK_FOREACH_NOT_IGNORED(rb) {
+        PostcopyFileBlock *b = &pf->blocks[pf->nblocks++];
+        size_t psize = qemu_ram_pagesize(rb);
+
+        if (!rb->file_bmap) {
+            error_setg(errp, "postcopy from file: the file has no pages for "
+                       "RAM block %s", rb->idstr);
+            goto fail;
+        }
+        b->rb = rb;
+        b->host_pages = rb->used_length / psize;
+        b->claimed = bitmap_new(b->host_pages);
+        pf->host_pages_total += b->host_pages;
+        /* Never populate memory a RamDiscardManager discarded */
+        for (uint64_t p = 0; p < b->host_pages; p++) {
+            if (ramblock_page_is_discarded(rb, p * psize)) {
+                set_bit(p, b->claimed);
+                pf->host_pages_done++;
+            }
+        }
+    }
+    pf->ioc = QIO_CHANNEL(object_ref(OBJECT(qemu_file_get_ioc(f))));
+    pf->fault_buf = qemu_memalign(qemu_real_host_page_size(),
+                                  mis->largest_page_size);
+    pf->nthreads = POSTCOPY_FILE_PREFETCH_THREADS;
+    qemu_event_init(&pf->all_done, pf->host_pages_done == pf->host_pages_total);
+    mis->postcopy_file = pf;
+
+    /* What ADVISE and LISTEN do for a network postcopy */
+    postcopy_state_set(POSTCOPY_INCOMING_ADVISE);
+    if (ram_postcopy_incoming_init(mis, errp)) {
+        goto fail_setup;
+    }
+    if (postcopy_ram_prepare_discard(mis)) {
+        error_setg(errp, "postcopy from file: cannot prepare RAM");
+        goto fail_setup;
+    }
+    if (postcopy_ram_incoming_setup(mis)) {
+        error_setg(errp, "postcopy from file: cannot register RAM with "
+                   "userfaultfd");
+        goto fail_setup;
+    }
+    trace_postcopy_file_prepare(pf->nblocks, pf->host_pages_total);
+    return 0;
+
+fail_setup:
+    /* migration_incoming_state_destroy() cleans up from here */
+    return -1;
+
+fail:
+    for (int i = 0; i < pf->nblocks; i++) {
+        g_free(pf->blocks[i].claimed);
+    }
+    g_free(pf->blocks);
+    g_free(pf);
+    return -1;
+}
+
+static void postcopy_file_run_bh(void *opaque)
+{
+    MigrationIncomingState *mis = opaque;
+
+    migration_incoming_start_vm(mis);
+    mis->have_listen_thread = true;
+    postcopy_thread_create(mis, &mis->listen_thread, "mig/dst/fill",
+                           postcopy_file_fill_thread, QEMU_THREAD_JOINABLE);
+}
+
+void postcopy_file_start(MigrationIncomingState *mis)
+{
+    postcopy_state_set(POSTCOPY_INCOMING_RUNNING);
+    migrate_set_state(&mis->state, MIGRATION_STATUS_ACTIVE,
+                      MIGRATION_STATUS_POSTCOPY_ACTIVE);
+    migration_bh_schedule(postcopy_file_run_bh, mis);
+}
+
+void postcopy_file_cleanup(MigrationIncomingState *mis)
+{
+    PostcopyFile *pf = mis->postcopy_file;
+
+    if (!pf) {
+        return;
+    }
+    pf_get_info(pf, &last_info);
+    have_last_info = true;
+    for (int i = 0; i < pf->nblocks; i++) {
+        g_free(pf->blocks[i].claimed);
+    }
+    g_free(pf->blocks);
+    qemu_vfree(pf->fault_buf);
+    object_unref(OBJECT(pf->ioc));
+    qemu_event_destroy(&pf->all_done);
+    g_free(pf);
+    mis->postcopy_file = NULL;
+}
+
+void postcopy_file_fill_info(MigrationInfo *info)
+{
+    MigrationIncomingState *mis = migration_incoming_get_current();
+
+    if (mis->postcopy_file) {
+        info->postcopy_file = g_new0(PostcopyFileInfo, 1);
+        pf_get_info(mis->postcopy_file, info->postcopy_file);
+    } else if (have_last_info) {
+        info->postcopy_file = g_memdup2(&last_info, sizeof(last_info));
+    }
+}

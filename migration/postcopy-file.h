@@ -1,0 +1,51 @@
+/*
+ * Postcopy from a mapped-ram file: lazy load of guest RAM
+ *
+ * Copyright (c) 2026 QEMU Instant Snapshots contributors
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
+ */
+
+#ifndef QEMU_MIGRATION_POSTCOPY_FILE_H
+#define QEMU_MIGRATION_POSTCOPY_FILE_H
+
+#include "migration.h"
+
+typedef struct PostcopyFile PostcopyFile;
+
+/* Number of background prefetch threads. */
+#define POSTCOPY_FILE_PREFETCH_THREADS 2
+
+/*
+ * True on the destination when RAM is to be loaded lazily from a
+ * mapped-ram file (postcopy-ram + mapped-ram capabilities).
+ */
+bool postcopy_file_enabled(void);
+
+/* True between postcopy_file_prepare() and the end of the load. */
+bool postcopy_file_active(MigrationIncomingState *mis);
+
+/*
+ * Called once the RAM index (mapped-ram headers and bitmaps) has been
+ * read: start faulting RAM in from @f instead of reading it now.
+ */
+int postcopy_file_prepare(MigrationIncomingState *mis, QEMUFile *f,
+                          Error **errp);
+
+/*
+ * Serve a missing page from the file (fault thread).  Returns 0 when the
+ * page is resident or being placed, negative errno on failure.
+ */
+int postcopy_file_request_page(MigrationIncomingState *mis, RAMBlock *rb,
+                               ram_addr_t start, uint64_t haddr, uint32_t tid);
+
+/* Device state is loaded: start the guest and fill the rest of RAM. */
+void postcopy_file_start(MigrationIncomingState *mis);
+
+/* Free everything; called from postcopy_incoming_cleanup(). */
+void postcopy_file_cleanup(MigrationIncomingState *mis);
+
+/* Progress for query-migrate. */
+void postcopy_file_fill_info(MigrationInfo *info);
+
+#endif
