@@ -24,7 +24,9 @@
 #include "qemu/rcu.h"
 #include "qemu/units.h"
 #include "qapi/error.h"
-#include "io/channel.h"
+#include "qapi/qapi-visit-migration.h"
+#include "migration/misc.h"
+#include "io/channel-file.h"
 #include "system/ramblock.h"
 #include "exec/target_page.h"
 #include "migration.h"
@@ -48,10 +50,12 @@ typedef struct PostcopyFileBlock {
 
 struct PostcopyFile {
     QIOChannel *ioc;
+    char *path;                 /* of the file, for error messages */
+    uint64_t size;
     PostcopyFileBlock *blocks;
     int nblocks;
     uint8_t *fault_buf;         /* the fault thread's page buffer */
-    QemuThread prefetch[POSTCOPY_FILE_PREFETCH_THREADS];
+    QemuThread *prefetch;
     int nthreads;
     uint64_t host_pages_total;
     /* Updated atomically. */
@@ -60,6 +64,7 @@ struct PostcopyFile {
     uint64_t pages_prefetched;
     uint64_t bytes_read;
     bool failed;
+    bool fault_thread_paused;   /* waits in postcopy_pause_fault_thread() */
     QemuEvent all_done;         /* set when host_pages_done hits the total */
 };
 
@@ -113,6 +118,14 @@ static void pf_page_done(PostcopyFile *pf)
     }
 }
 
+/* Give up a claim whose page could not be placed, so it can be retried */
+static void pf_unclaim(PostcopyFileBlock *b, ram_addr_t start)
+{
+    long nr = start / qemu_ram_pagesize(b->rb);
+
+    qatomic_and(b->claimed + BIT_WORD(nr), ~BIT_MASK(nr));
+}
+
 static void pf_fail(MigrationIncomingState *mis, Error *err)
 {
     PostcopyFile *pf = mis->postcopy_file;
@@ -120,13 +133,15 @@ static void pf_fail(MigrationIncomingState *mis, Error *err)
     /*
      * The guest must never run on a page that was not loaded: keep the
      * userfaultfd registered, so that vCPUs touching missing pages wait,
-     * and report the error.
+     * and report the error.  migrate-recover resumes the load.
      */
     if (!qatomic_xchg(&pf->failed, true)) {
         migrate_set_error(migrate_get_current(), err);
         error_report_err(err);
         migrate_set_state(&mis->state, MIGRATION_STATUS_POSTCOPY_ACTIVE,
                           MIGRATION_STATUS_POSTCOPY_PAUSED);
+        /* Wake the fill thread if it waits for the last pages */
+        qemu_event_set(&pf->all_done);
     } else {
         error_free(err);
     }
@@ -162,9 +177,11 @@ static int pf_place(MigrationIncomingState *mis, PostcopyFile *pf,
                     error_setg(&err, "short read (%zd of %zu bytes)", len,
                                psize);
                 }
-                error_prepend(&err, "postcopy from file: RAM block %s: "
-                              "cannot read page at file offset 0x%" PRIx64
-                              ": ", rb->idstr, off);
+                error_prepend(&err, "postcopy from file: cannot read page "
+                              "0x" RAM_ADDR_FMT " of RAM block %s at offset "
+                              "0x%" PRIx64 " of %s: ", start, rb->idstr, off,
+                              pf->path);
+                pf_unclaim(b, start);
                 pf_fail(mis, err);
                 return -EIO;
             }
@@ -185,6 +202,7 @@ static int pf_place(MigrationIncomingState *mis, PostcopyFile *pf,
         error_setg_errno(&err, -ret, "postcopy from file: cannot place page "
                          "0x" RAM_ADDR_FMT " of RAM block %s", start,
                          rb->idstr);
+        pf_unclaim(b, start);
         pf_fail(mis, err);
         return ret;
     }
@@ -218,6 +236,9 @@ int postcopy_file_request_page(MigrationIncomingState *mis, RAMBlock *rb,
     ret = pf_place(mis, pf, b, start, pf->fault_buf, false);
     if (!ret) {
         qatomic_inc(&pf->pages_faulted);
+    } else {
+        /* The fault thread now waits for migrate-recover, then retries */
+        qatomic_set(&pf->fault_thread_paused, true);
     }
     return ret;
 }
@@ -269,9 +290,9 @@ static void *postcopy_file_prefetch_thread(void *opaque)
                     if (!err) {
                         error_setg(&err, "short read");
                     }
-                    error_prepend(&err, "postcopy from file: RAM block %s: "
-                                  "cannot read 0x%zx bytes at file offset "
-                                  "0x%" PRIx64 ": ", rb->idstr, len, foff);
+                    error_prepend(&err, "postcopy from file: cannot read "
+                                  "RAM block %s at offset 0x%" PRIx64
+                                  " of %s: ", rb->idstr, foff, pf->path);
                     pf_fail(mis, err);
                     break;
                 }
@@ -327,11 +348,14 @@ static void *postcopy_file_fill_thread(void *opaque)
         qemu_thread_join(&pf->prefetch[i]);
     }
     if (qatomic_read(&pf->failed)) {
-        /* Stay paused with the missing pages protected; see pf_fail(). */
+        /* Paused with the missing pages protected, see pf_fail() */
         return NULL;
     }
     /* Pages the fault thread claimed may still be in flight */
     qemu_event_wait(&pf->all_done);
+    if (qatomic_read(&pf->failed)) {
+        return NULL;
+    }
     trace_postcopy_file_fill_done(qatomic_read(&pf->pages_faulted),
                                   qatomic_read(&pf->pages_prefetched),
                                   qatomic_read(&pf->bytes_read));
@@ -342,14 +366,66 @@ static void *postcopy_file_fill_thread(void *opaque)
     return NULL;
 }
 
+bool postcopy_file_check_block(QEMUFile *f, RAMBlock *block,
+                               ram_addr_t length, uint64_t page_size,
+                               uint64_t bitmap_offset, Error **errp)
+{
+    QIOChannel *ioc = qemu_file_get_ioc(f);
+    size_t bitmap_size = BITS_TO_LONGS(length >> TARGET_PAGE_BITS) *
+                         sizeof(unsigned long);
+    struct stat st;
+
+    if (length != block->used_length || page_size != TARGET_PAGE_SIZE) {
+        error_setg(errp, "RAM block %s: the file holds 0x" RAM_ADDR_FMT
+                   " bytes in %" PRIu64 " byte pages, this machine has 0x"
+                   RAM_ADDR_FMT " bytes in %u byte pages", block->idstr,
+                   length, page_size, block->used_length, TARGET_PAGE_SIZE);
+        return false;
+    }
+    if (bitmap_offset + bitmap_size > block->pages_offset) {
+        error_setg(errp, "RAM block %s: corrupt mapped-ram header: bitmap "
+                   "at 0x%" PRIx64 " overlaps pages at 0x%" PRIx64,
+                   block->idstr, bitmap_offset, block->pages_offset);
+        return false;
+    }
+    if (!object_dynamic_cast(OBJECT(ioc), TYPE_QIO_CHANNEL_FILE) ||
+        fstat(QIO_CHANNEL_FILE(ioc)->fd, &st) < 0) {
+        error_setg(errp, "postcopy from file needs a file: migration");
+        return false;
+    }
+    if (block->pages_offset + length > st.st_size) {
+        error_setg(errp, "RAM block %s: the file is truncated or corrupt: "
+                   "its pages end at 0x%" PRIx64 ", the file at 0x%" PRIx64,
+                   block->idstr, block->pages_offset + length,
+                   (uint64_t)st.st_size);
+        return false;
+    }
+    return true;
+}
+
 int postcopy_file_prepare(MigrationIncomingState *mis, QEMUFile *f,
                           Error **errp)
 {
-    PostcopyFile *pf = g_new0(PostcopyFile, 1);
+    QIOChannel *ioc = qemu_file_get_ioc(f);
+    g_autofree char *fdpath = NULL;
+    PostcopyFile *pf;
+    struct stat st;
     RAMBlock *rb;
     int n = 0;
 
     have_last_info = false;
+    if (!object_dynamic_cast(OBJECT(ioc), TYPE_QIO_CHANNEL_FILE) ||
+        fstat(QIO_CHANNEL_FILE(ioc)->fd, &st) < 0) {
+        error_setg(errp, "postcopy from file needs a file: migration");
+        return -1;
+    }
+    pf = g_new0(PostcopyFile, 1);
+    pf->size = st.st_size;
+    fdpath = g_strdup_printf("/proc/self/fd/%d", QIO_CHANNEL_FILE(ioc)->fd);
+    pf->path = g_file_read_link(fdpath, NULL);
+    if (!pf->path) {
+        pf->path = g_strdup("the migration file");
+    }
 
     RAMBLOCK_FOREACH_NOT_IGNORED(rb) {
         n++;
@@ -364,6 +440,7 @@ int postcopy_file_prepare(MigrationIncomingState *mis, QEMUFile *f,
                        "RAM block %s", rb->idstr);
             goto fail;
         }
+
         b->rb = rb;
         b->host_pages = rb->used_length / psize;
         b->claimed = bitmap_new(b->host_pages);
@@ -376,10 +453,11 @@ int postcopy_file_prepare(MigrationIncomingState *mis, QEMUFile *f,
             }
         }
     }
-    pf->ioc = QIO_CHANNEL(object_ref(OBJECT(qemu_file_get_ioc(f))));
+    pf->ioc = QIO_CHANNEL(object_ref(OBJECT(ioc)));
     pf->fault_buf = qemu_memalign(qemu_real_host_page_size(),
                                   mis->largest_page_size);
-    pf->nthreads = POSTCOPY_FILE_PREFETCH_THREADS;
+    pf->nthreads = migrate_postcopy_file_threads();
+    pf->prefetch = g_new0(QemuThread, pf->nthreads);
     qemu_event_init(&pf->all_done, pf->host_pages_done == pf->host_pages_total);
     mis->postcopy_file = pf;
 
@@ -409,6 +487,7 @@ fail:
         g_free(pf->blocks[i].claimed);
     }
     g_free(pf->blocks);
+    g_free(pf->path);
     g_free(pf);
     return -1;
 }
@@ -444,11 +523,66 @@ void postcopy_file_cleanup(MigrationIncomingState *mis)
         g_free(pf->blocks[i].claimed);
     }
     g_free(pf->blocks);
+    g_free(pf->prefetch);
     qemu_vfree(pf->fault_buf);
     object_unref(OBJECT(pf->ioc));
+    g_free(pf->path);
     qemu_event_destroy(&pf->all_done);
     g_free(pf);
     mis->postcopy_file = NULL;
+}
+
+bool postcopy_file_recover(MigrationIncomingState *mis, const char *uri,
+                           Error **errp)
+{
+    PostcopyFile *pf = mis->postcopy_file;
+    g_autoptr(MigrationChannel) channel = NULL;
+    QIOChannelFile *fioc;
+    const char *path;
+    struct stat st;
+
+    if (!migrate_uri_parse(uri, &channel, errp)) {
+        return false;
+    }
+    if (channel->addr->transport != MIGRATION_ADDRESS_TYPE_FILE) {
+        error_setg(errp, "postcopy from file resumes from a file: URI");
+        return false;
+    }
+    path = channel->addr->u.file.filename;
+    fioc = qio_channel_file_new_path(path, O_RDONLY, 0, errp);
+    if (!fioc) {
+        return false;
+    }
+    if (fstat(fioc->fd, &st) < 0 || st.st_size != pf->size) {
+        error_setg(errp, "%s is not the file the load started from", path);
+        object_unref(OBJECT(fioc));
+        return false;
+    }
+
+    /* The prefetch threads are gone and the fault thread is waiting */
+    qemu_thread_join(&mis->listen_thread);
+    object_unref(OBJECT(pf->ioc));
+    pf->ioc = QIO_CHANNEL(fioc);
+    g_free(pf->path);
+    pf->path = g_strdup(path);
+    qatomic_set(&pf->failed, false);
+    qemu_event_reset(&pf->all_done);
+    /*
+     * Order the reset before reading the count: a page placed meanwhile
+     * either sees the reset and sets the event, or is counted here.
+     */
+    smp_mb();
+    if (qatomic_read(&pf->host_pages_done) == pf->host_pages_total) {
+        qemu_event_set(&pf->all_done);
+    }
+    migrate_set_state(&mis->state, MIGRATION_STATUS_POSTCOPY_PAUSED,
+                      MIGRATION_STATUS_POSTCOPY_ACTIVE);
+    if (qatomic_xchg(&pf->fault_thread_paused, false)) {
+        qemu_sem_post(&mis->postcopy_pause_sem_fault);
+    }
+    postcopy_thread_create(mis, &mis->listen_thread, "mig/dst/fill",
+                           postcopy_file_fill_thread, QEMU_THREAD_JOINABLE);
+    return true;
 }
 
 void postcopy_file_fill_info(MigrationInfo *info)

@@ -13,9 +13,6 @@
 
 typedef struct PostcopyFile PostcopyFile;
 
-/* Number of background prefetch threads. */
-#define POSTCOPY_FILE_PREFETCH_THREADS 2
-
 /*
  * True on the destination when RAM is to be loaded lazily from a
  * mapped-ram file (postcopy-ram + mapped-ram capabilities).
@@ -24,6 +21,15 @@ bool postcopy_file_enabled(void);
 
 /* True between postcopy_file_prepare() and the end of the load. */
 bool postcopy_file_active(MigrationIncomingState *mis);
+
+/*
+ * Check, before the guest starts, what would otherwise only fail while
+ * RAM is filled: the block's size and page size match this machine, its
+ * bitmap lies before its pages, and its pages lie within the file.
+ */
+bool postcopy_file_check_block(QEMUFile *f, RAMBlock *block,
+                               ram_addr_t length, uint64_t page_size,
+                               uint64_t bitmap_offset, Error **errp);
 
 /*
  * Called once the RAM index (mapped-ram headers and bitmaps) has been
@@ -41,6 +47,14 @@ int postcopy_file_request_page(MigrationIncomingState *mis, RAMBlock *rb,
 
 /* Device state is loaded: start the guest and fill the rest of RAM. */
 void postcopy_file_start(MigrationIncomingState *mis);
+
+/*
+ * migrate-recover while the load is paused by a read error: reopen the
+ * file named by @uri and go on.  Returns false with @errp set if it is
+ * not usable; the load stays paused.
+ */
+bool postcopy_file_recover(MigrationIncomingState *mis, const char *uri,
+                           Error **errp);
 
 /* Free everything; called from postcopy_incoming_cleanup(). */
 void postcopy_file_cleanup(MigrationIncomingState *mis);

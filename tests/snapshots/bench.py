@@ -19,6 +19,7 @@ results.png to --out.
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -43,6 +44,17 @@ METRICS = [
     ("bgmr_total", "migrate bg-snapshot+mapped-ram: total", "s"),
     ("bgmr_restore_running", "restore bg+mapped-ram file: until guest runs", "s"),
     ("bgmr_restore_total", "restore bg+mapped-ram file: until complete", "s"),
+    ("lazy_restore_running", "lazy restore (postcopy from file): until guest runs", "s"),
+    ("lazy_restore_total", "lazy restore (postcopy from file): until complete", "s"),
+]
+# Extra figures of the lazy restore, reported as they are (no ratio).
+LAZY_EXTRA = [
+    ("lazy_fill_gbps", "lazy fill throughput", "GB/s"),
+    ("lazy_fault_avg_us", "fault latency, average", "µs"),
+    ("lazy_fault_p50_us", "fault latency p50 (bucket upper bound)", "µs"),
+    ("lazy_fault_p99_us", "fault latency p99 (bucket upper bound)", "µs"),
+    ("lazy_faults", "pages faulted", ""),
+    ("lazy_wl_speed", "workload speed during fill / after", "×"),
 ]
 
 
@@ -74,14 +86,31 @@ def migrate_to_file(g, path, caps):
     return log.paused_seconds(), total
 
 
-def restore_file(qemu, workdir, ram_mb, wl_mb, path, caps):
-    """Start a new QEMU and load PATH; time until running and until completion."""
+def percentile_us(dist, q):
+    """Upper bound in µs of the bucket holding quantile Q of postcopy-latency-dist."""
+    total = sum(dist)
+    if not total:
+        return None
+    seen = 0
+    for n, count in enumerate(dist):
+        seen += count
+        if seen >= q * total:
+            return 2 ** (n + 1)
+    return None
+
+
+def restore_file(qemu, workdir, ram_mb, wl_mb, path, caps, extra=None):
+    """
+    Start a new QEMU and load PATH; time until running and until
+    completion.  With EXTRA (a dict), also record fill throughput, fault
+    latency and the workload's speed during the fill (lazy loads).
+    """
     g = Guest(workdir, name="restore", ram_mb=ram_mb, wl_mb=wl_mb, qemu=qemu,
               incoming="defer")
     g.launch()
     try:
         log = EventLog(g)
-        set_caps(g, **caps)
+        set_caps(g, events=True, **caps)
         t0 = time.time()
         g.cmd("migrate-incoming", uri=f"file:{path}")
         done = None
@@ -106,9 +135,29 @@ def restore_file(qemu, workdir, ram_mb, wl_mb, path, caps):
             info = g.qmp("query-migrate").get("return", {}) if g.vm.is_running() else {}
             raise RuntimeError("restore failed: " + (info.get("error-desc") or
                                                      (log_text or "").strip()[-300:] or "no completion"))
+        if extra is not None:
+            info = g.cmd("query-migrate")
+            fill = event_time(done) - event_time(running)
+            pfi = info.get("postcopy-file", {})
+            if fill > 0 and pfi:
+                extra["lazy_fill_gbps"] = pfi["bytes-read"] / fill / 1e9
+                extra["lazy_faults"] = pfi["pages-faulted"]
+            if info.get("postcopy-latency"):
+                extra["lazy_fault_avg_us"] = info["postcopy-latency"] / 1000
+            dist = info.get("postcopy-latency-dist") or []
+            extra["lazy_fault_p50_us"] = percentile_us(dist, 0.50)
+            extra["lazy_fault_p99_us"] = percentile_us(dist, 0.99)
+            # workload speed: progress lines while filling vs. after
+            text = g.console()
+            rates = [float(r) for r in re.findall(r"WL PROGRESS .* rate=(\d+)", text)]
         errors = g.wait_full_pass(timeout=3600)
         if errors:
             raise RuntimeError(f"restored guest found {errors} corrupt pages")
+        if extra is not None:
+            after = [float(r) for r in
+                     re.findall(r"WL PROGRESS .* rate=(\d+)", g.console())][len(rates):]
+            if rates and after:
+                extra["lazy_wl_speed"] = (sum(rates) / len(rates)) / (sum(after) / len(after))
         return event_time(running) - t0, event_time(done) - t0
     finally:
         g.shutdown()
@@ -161,6 +210,15 @@ def run_one(qemu, size_gb, workdir, res):
                                                              path, restore_caps)
             except RuntimeError as e:
                 res[f"{key}_restore_error"] = str(e)
+            if key == "bgmr":
+                try:
+                    (res["lazy_restore_running"],
+                     res["lazy_restore_total"]) = restore_file(
+                         qemu, workdir, ram_mb, wl_mb, path,
+                         {"mapped_ram": True, "postcopy_ram": True,
+                          "postcopy_blocktime": True}, extra=res)
+                except Exception as e:  # pylint: disable=broad-except
+                    res["lazy_restore_error"] = str(e)[:300]
             os.unlink(path)
     finally:
         g.shutdown()
@@ -198,6 +256,13 @@ def write_outputs(out, results, sizes):
             for k, v in r.items():
                 if k.endswith("_error"):
                     errors.append(f"- {which}, {size} GiB, {k}: {v}")
+    lines += ["", "Lazy restore (ours only):", "",
+              "| figure | RAM | ours |", "|---|---|---|"]
+    for key, label, unit in LAZY_EXTRA:
+        for size in sizes:
+            v = results["ours"].get(str(size), {}).get(key)
+            lines.append(f"| {label} | {size} GiB | "
+                         f"{'–' if v is None else f'{v:.3g} {unit}'} |")
     md = "\n".join(lines) + "\n"
     if errors:
         md += "\nFailures:\n" + "\n".join(errors) + "\n"

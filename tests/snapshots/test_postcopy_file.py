@@ -79,6 +79,7 @@ def test_lazy_load_guest_runs_during_fill(workdir):
     dst = lazy_dst(workdir, paused=False)
     try:
         dst.set_caps(events=True)
+        dst.cmd("migrate-set-parameters", postcopy_file_threads=4)
         dst.cmd("migrate-incoming", uri=f"file:{path}")
         seen_active = False
         deadline = time.monotonic() + 600
@@ -110,3 +111,15 @@ def test_source_still_rejects_mapped_ram_with_postcopy(workdir):
             {"capability": "mapped-ram", "state": True}])
         assert "error" in r
         assert "incompatible with postcopy" in r["error"]["desc"]
+
+
+def test_prefetch_threads_parameter(workdir):
+    """postcopy-file-threads: default 2, 1 to 64 accepted, others refused."""
+    with Guest(workdir, ram_mb=128, wl_mb=16, incoming="defer") as g:
+        assert g.cmd("query-migrate-parameters")["postcopy-file-threads"] == 2
+        for bad in (0, 65):
+            r = g.qmp("migrate-set-parameters", postcopy_file_threads=bad)
+            assert "error" in r and "postcopy_file_threads" in r["error"]["desc"], r
+        assert g.cmd("query-migrate-parameters")["postcopy-file-threads"] == 2
+        g.cmd("migrate-set-parameters", postcopy_file_threads=64)
+        assert g.cmd("query-migrate-parameters")["postcopy-file-threads"] == 64

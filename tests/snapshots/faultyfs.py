@@ -1,0 +1,78 @@
+"""
+A FUSE file system with one read-only file whose reads fail with EIO over
+a chosen byte range, to inject real I/O errors into QEMU's reads of a
+migration file (the kernel here has no device-mapper error target).
+"""
+
+import errno
+import os
+import stat
+import subprocess
+import threading
+import time
+
+from fusepy import FUSE, FuseOSError, Operations  # python3-fusepy
+
+
+class FaultyFile(Operations):
+    """/NAME mirrors BACKING; reads overlapping self.error fail with EIO."""
+
+    def __init__(self, backing, name):
+        self.name = "/" + name
+        self.fd = os.open(backing, os.O_RDONLY)
+        self.error = None           # (start, end) byte range, or None
+        self.failed_reads = 0
+
+    def getattr(self, path, fh=None):
+        if path == "/":
+            return {"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2}
+        if path != self.name:
+            raise FuseOSError(errno.ENOENT)
+        st = os.fstat(self.fd)
+        return {"st_mode": stat.S_IFREG | 0o444, "st_nlink": 1,
+                "st_size": st.st_size, "st_mtime": st.st_mtime,
+                "st_ctime": st.st_ctime, "st_atime": st.st_atime}
+
+    def readdir(self, path, fh):
+        return [".", "..", self.name[1:]]
+
+    def open(self, path, flags):
+        if path != self.name:
+            raise FuseOSError(errno.ENOENT)
+        if flags & (os.O_WRONLY | os.O_RDWR):
+            raise FuseOSError(errno.EROFS)
+        return 0
+
+    def read(self, path, size, offset, fh):
+        err = self.error
+        if err and offset < err[1] and offset + size > err[0]:
+            self.failed_reads += 1
+            raise FuseOSError(errno.EIO)
+        return os.pread(self.fd, size, offset)
+
+
+class FaultyMount:
+    """Context manager: mount FaultyFile(BACKING, NAME) on MOUNTPOINT."""
+
+    def __init__(self, backing, mountpoint, name="file"):
+        self.ops = FaultyFile(backing, name)
+        self.mountpoint = mountpoint
+        self.path = os.path.join(mountpoint, name)
+        self.thread = None
+
+    def __enter__(self):
+        self.thread = threading.Thread(
+            target=FUSE, args=(self.ops, self.mountpoint),
+            kwargs={"foreground": True, "direct_io": True, "ro": True},
+            daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not os.path.exists(self.path):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"FUSE mount on {self.mountpoint} did not appear")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        subprocess.run(["umount", "-l", self.mountpoint], check=False)
+        self.thread.join(timeout=10)

@@ -1,0 +1,256 @@
+"""
+Postcopy from file, failure paths: a file that cannot be loaded is refused
+before the guest starts, the file is left as it was, and bad QMP input is
+refused without changing anything.
+"""
+
+import os
+import signal
+import time
+
+import pytest
+
+from faultyfs import FaultyMount
+from snaptest import Guest, file_sha256
+
+RAM_MB = 256
+WL_MB = 128
+LAZY = {"postcopy_ram": True, "mapped_ram": True}
+
+
+@pytest.fixture(scope="module")
+def snapfile(tmp_path_factory):
+    """A background-snapshot mapped-ram file of a running guest."""
+    workdir = str(tmp_path_factory.mktemp("snapfile", numbered=True))
+    path = os.path.join(workdir, "snap.mig")
+    with Guest(workdir, ram_mb=RAM_MB, wl_mb=WL_MB) as src:
+        src.wait_ready()
+        src.wait_progress()
+        src.migrate_to_file(path, background_snapshot=True, mapped_ram=True)
+    return path
+
+
+def copy(src, dst):
+    with open(src, "rb") as fi, open(dst, "wb") as fo:
+        while chunk := fi.read(1 << 20):
+            fo.write(chunk)
+
+
+def find_header(path, idstr=b"pc.ram"):
+    """File offset of the MappedRamHeader of RAM block IDSTR."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 20)
+    i = head.index(bytes([len(idstr)]) + idstr)
+    return i + 1 + len(idstr) + 8          # idlen, idstr, be64 used_length
+
+
+def refused_before_start(workdir, path, ram_mb=RAM_MB, expect=None):
+    """
+    Load PATH lazily; assert it fails, the guest never ran and the file is
+    unchanged.  EXPECT must appear in the error: query-migrate's
+    error-desc, or the detail QEMU reports on stderr (the RAM loader
+    reports its errors there and fails with a generic error).
+    """
+    before = file_sha256(path)
+    dst = Guest(workdir, name="dst", ram_mb=ram_mb, wl_mb=WL_MB, incoming="defer")
+    dst.launch()
+    try:
+        dst.set_caps(events=True, **LAZY)
+        dst.cmd("migrate-incoming", uri=f"file:{path}", exit_on_error=False)
+        status, info = dst.wait_migration(timeout=120)
+        assert status == "failed", info
+        err = info.get("error-desc", "")
+        assert err
+        events = [e["event"] for e in dst.vm.get_qmp_events(wait=False)]
+        assert "RESUME" not in events, events
+        assert dst.status() != "running"
+        assert "WL " not in dst.console(), "the guest ran"
+    finally:
+        dst.shutdown()
+    log = dst.vm.get_log() or ""
+    if expect:
+        assert expect in err or expect in log, f"{err}\n{log}"
+    assert file_sha256(path) == before, "the load changed the file"
+    return err + log
+
+
+def test_truncated_file(workdir, snapfile):
+    path = os.path.join(workdir, "trunc.mig")
+    copy(snapfile, path)
+    size = os.path.getsize(path)
+    os.truncate(path, size // 2)
+    refused_before_start(workdir, path)
+
+
+def test_truncated_index(workdir, snapfile):
+    path = os.path.join(workdir, "trunc.mig")
+    copy(snapfile, path)
+    os.truncate(path, find_header(path) + 10)
+    refused_before_start(workdir, path)
+
+
+@pytest.mark.parametrize("field,offset,value,expect", [
+    ("version", 0, b"\x00\x00\x00\x63", "version not supported"),
+    ("page_size", 4, b"\x00" * 7 + b"\x02", "byte pages"),
+    ("bitmap_offset", 12, b"\x7f" + b"\x00" * 7, "overlaps pages"),
+    ("pages_offset", 20, b"\x00\x00\x7f\x00\x00\x00\x00\x00", "truncated or corrupt"),
+])
+def test_corrupt_header(workdir, snapfile, field, offset, value, expect):
+    path = os.path.join(workdir, f"corrupt-{field}.mig")
+    copy(snapfile, path)
+    with open(path, "r+b") as f:
+        f.seek(find_header(path) + offset)
+        f.write(value)
+    refused_before_start(workdir, path, expect=expect)
+
+
+def test_different_ram_size(workdir, snapfile):
+    err = refused_before_start(workdir, snapfile, ram_mb=RAM_MB * 2)
+    assert err
+
+
+def test_partial_file_from_killed_source(workdir):
+    """The saving QEMU is killed in mid-save: the partial file is refused."""
+    path = os.path.join(workdir, "partial.mig")
+    src = Guest(workdir, name="src", ram_mb=RAM_MB, wl_mb=WL_MB)
+    src.launch()
+    try:
+        src.wait_ready()
+        # throttle the save so that it is surely still running when killed
+        src.cmd("migrate-set-parameters", max_bandwidth=16 << 20)
+        src.set_caps(mapped_ram=True)
+        src.cmd("migrate", uri=f"file:{path}")
+        time.sleep(2)
+        assert src.cmd("query-migrate")["status"] == "active"
+        os.kill(src.vm.get_pid(), signal.SIGKILL)
+        src.vm.wait(timeout=30)
+    finally:
+        src.shutdown()
+    refused_before_start(workdir, path)
+
+
+def test_missing_file(workdir):
+    dst = Guest(workdir, name="dst", ram_mb=RAM_MB, wl_mb=WL_MB, incoming="defer")
+    with dst:
+        dst.set_caps(**LAZY)
+        r = dst.qmp("migrate-incoming", uri=f"file:{workdir}/nosuchfile",
+                    exit_on_error=False)
+        if "error" not in r:
+            status, info = dst.wait_migration(timeout=60)
+            assert status == "failed"
+            msg = info.get("error-desc", "")
+        else:
+            msg = r["error"]["desc"]
+        assert "nosuchfile" in msg, msg
+        assert dst.status() != "running"
+
+
+def test_non_seekable_uri(workdir):
+    """mapped-ram needs a seekable file: a socket URI is refused."""
+    dst = Guest(workdir, name="dst", ram_mb=RAM_MB, wl_mb=WL_MB, incoming="defer")
+    with dst:
+        dst.set_caps(**LAZY)
+        r = dst.qmp("migrate-incoming", uri="tcp:127.0.0.1:0")
+        assert "error" in r, r
+        assert dst.cmd("query-migrate").get("status") in (None, "none", "setup"), \
+            dst.cmd("query-migrate")
+        assert dst.status() != "running"
+
+
+@pytest.mark.parametrize("extra", ["multifd", "postcopy-preempt"])
+def test_refused_capability_combinations(workdir, extra):
+    dst = Guest(workdir, name="dst", ram_mb=RAM_MB, wl_mb=WL_MB, incoming="defer")
+    with dst:
+        before = dst.cmd("query-migrate-capabilities")
+        r = dst.qmp("migrate-set-capabilities", capabilities=[
+            {"capability": "postcopy-ram", "state": True},
+            {"capability": "mapped-ram", "state": True},
+            {"capability": extra, "state": True}])
+        assert "error" in r
+        assert "does not support multifd or postcopy-preempt" in r["error"]["desc"]
+        assert dst.cmd("query-migrate-capabilities") == before
+
+
+def ram_index(path, idstr=b"pc.ram"):
+    """(used_length, bitmap_offset, pages_offset, bitmap bytes) of a block."""
+    hdr = find_header(path, idstr)
+    with open(path, "rb") as f:
+        f.seek(hdr - 8)
+        used = int.from_bytes(f.read(8), "big")
+        f.seek(hdr + 12)
+        bitmap_offset = int.from_bytes(f.read(8), "big")
+        pages_offset = int.from_bytes(f.read(8), "big")
+        f.seek(bitmap_offset)
+        bitmap = f.read((used // 4096 + 63) // 64 * 8)
+    return used, bitmap_offset, pages_offset, bitmap
+
+
+def full_mib(bitmap):
+    """Offset in the block of the first 1 MiB whose pages are all in the file."""
+    for mib in range(len(bitmap) // 32):
+        if bitmap[mib * 32:(mib + 1) * 32] == b"\xff" * 32:
+            return mib << 20
+    raise AssertionError("no fully written MiB in the file")
+
+
+def wait_status(g, want, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = g.cmd("query-migrate")
+        if info.get("status") in want:
+            return info
+        time.sleep(0.05)
+    raise AssertionError(f"status {info.get('status')}, not {want}: {info}")
+
+
+def test_read_error_pauses_then_recovers(workdir, snapfile):
+    """
+    Reads of one MiB of pc.ram fail with EIO during the fill: the load
+    pauses with an error that names the file and offset, the guest never
+    runs on a wrong page, a migrate-recover while the file still fails
+    pauses again, and once the file reads again migrate-recover completes
+    the load and the workload verifies every page.
+    """
+    _, _, pages_offset, bitmap = ram_index(snapfile)
+    bad = pages_offset + full_mib(bitmap)
+    mnt = os.path.join(workdir, "mnt")
+    os.mkdir(mnt)
+    with FaultyMount(snapfile, mnt, "snap.mig") as fs:
+        fs.ops.error = (bad, bad + (1 << 20))
+        dst = Guest(workdir, name="dst", ram_mb=RAM_MB, wl_mb=WL_MB, incoming="defer")
+        dst.launch()
+        try:
+            dst.set_caps(events=True, **LAZY)
+            dst.cmd("migrate-incoming", uri=f"file:{fs.path}", exit_on_error=False)
+            info = wait_status(dst, ("postcopy-paused", "completed", "failed"))
+            assert info["status"] == "postcopy-paused", info
+            err = info.get("error-desc", "")
+            assert fs.path in err and "offset 0x" in err, err
+            assert fs.ops.failed_reads > 0
+            statuses = [e["data"]["status"] for e in dst.vm.get_qmp_events(wait=False)
+                        if e["event"] == "MIGRATION"]
+            assert "postcopy-paused" in statuses, statuses
+            resident = info["postcopy-file"]["pages-resident"]
+            assert resident < info["postcopy-file"]["pages-total"]
+            time.sleep(2)
+            assert dst.cmd("query-migrate")["status"] == "postcopy-paused"
+            dst.check_no_corruption()
+
+            # the file still fails: the load pauses again
+            dst.cmd("migrate-recover", uri=f"file:{fs.path}")
+            info = wait_status(dst, ("postcopy-paused", "completed", "failed"))
+            assert info["status"] == "postcopy-paused", info
+            dst.check_no_corruption()
+
+            # the file reads again: the load completes
+            fs.ops.error = None
+            dst.cmd("migrate-recover", uri=f"file:{fs.path}")
+            info = wait_status(dst, ("completed", "failed"), timeout=600)
+            assert info["status"] == "completed", info
+            assert info["postcopy-file"]["pages-resident"] == \
+                info["postcopy-file"]["pages-total"]
+            assert "error-desc" not in info, info
+            assert dst.wait_full_pass() == 0
+            dst.check_no_corruption()
+        finally:
+            dst.shutdown()
