@@ -11,7 +11,7 @@ STOCK := $(BUILD_DIR)/stock
 GUEST := $(BUILD_DIR)/guest
 GUEST_SRC := $(wildcard tests/snapshots/guest/*)
 
-.PHONY: all build guest check demo bench export-patches clean distclean help
+.PHONY: all build stock guest check demo bench export-patches clean distclean help
 all: build
 
 help:
@@ -34,14 +34,17 @@ $(GUEST)/initramfs.cpio.gz: config.mk build-aux/build-guest.sh $(GUEST_SRC)
 
 guest: $(GUEST)/initramfs.cpio.gz
 
-check: build guest
+# The stock tree is built too: tests load the same file with stock QEMU.
+stock: config.mk
+	build-aux/assemble.sh stock $(STOCK)
+
+check: build stock guest
 	build-aux/check.sh $(BUILD_DIR) $(PYTEST_ARGS)
 
 demo: build guest
 	QIS_BUILD_DIR=$(abspath $(BUILD_DIR)) /usr/bin/python3 tests/snapshots/demo.py
 
-bench: build guest
-	build-aux/assemble.sh stock $(STOCK)
+bench: build stock guest
 	QIS_BUILD_DIR=$(abspath $(BUILD_DIR)) /usr/bin/python3 tests/snapshots/bench.py \
 	    --out $(BUILD_DIR)/bench $(BENCH_ARGS)
 

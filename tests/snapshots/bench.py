@@ -24,6 +24,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 
 from measure import EventLog, event_time, wait_job
 import snaptest
@@ -65,8 +66,8 @@ def set_caps(g, **caps):
 
 def migrate_to_file(g, path, caps):
     log = EventLog(g)
+    set_caps(g, events=True, **caps)
     log.clear()
-    set_caps(g, **caps)
     t0 = time.time()
     g.cmd("migrate", uri=f"file:{path}")
     while True:
@@ -112,7 +113,7 @@ def restore_file(qemu, workdir, ram_mb, wl_mb, path, caps, extra=None):
         log = EventLog(g)
         set_caps(g, events=True, **caps)
         t0 = time.time()
-        g.cmd("migrate-incoming", uri=f"file:{path}")
+        g.cmd("migrate-incoming", uri=f"file:{path}", exit_on_error=False)
         done = None
         running = None
         deadline = time.monotonic() + 3600
@@ -127,7 +128,10 @@ def restore_file(qemu, workdir, ram_mb, wl_mb, path, caps, extra=None):
                 break
             if not g.vm.is_running():
                 break
-            ev = g.vm.get_qmp_event(wait=0.5)
+            try:
+                ev = g.vm.get_qmp_event(wait=0.5)
+            except TimeoutError:
+                ev = None
             if ev:
                 log.events.append(ev)
         if not done or done["data"]["status"] != "completed" or not running:
@@ -208,8 +212,8 @@ def run_one(qemu, size_gb, workdir, res):
                 (res[f"{key}_restore_running"],
                  res[f"{key}_restore_total"]) = restore_file(qemu, workdir, ram_mb, wl_mb,
                                                              path, restore_caps)
-            except RuntimeError as e:
-                res[f"{key}_restore_error"] = str(e)
+            except Exception as e:  # pylint: disable=broad-except
+                res[f"{key}_restore_error"] = f"{type(e).__name__}: {e}"[:300]
             if key == "bgmr":
                 try:
                     (res["lazy_restore_running"],
@@ -315,7 +319,8 @@ def main():
             try:
                 run_one(qemu, size, workdir, res)
             except Exception as e:  # pylint: disable=broad-except
-                res["run_error"] = str(e)[:500]
+                res["run_error"] = f"{type(e).__name__}: {e}"[:500]
+                traceback.print_exc()
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
             print(f"bench: {which} {size} GiB: " +

@@ -39,7 +39,11 @@ class EventLog:
             seen = len(self.events)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no {name} {match} event")
-            ev = self.guest.vm.get_qmp_event(wait=min(1.0, max(0.01, deadline - time.monotonic())))
+            try:
+                ev = self.guest.vm.get_qmp_event(
+                    wait=min(1.0, max(0.01, deadline - time.monotonic())))
+            except TimeoutError:
+                ev = None
             if ev:
                 self.events.append(ev)
 

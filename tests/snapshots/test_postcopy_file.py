@@ -17,6 +17,7 @@ LAZY = {"postcopy_ram": True, "mapped_ram": True}
 
 SAVE_CAPS = {
     "precopy": {"mapped_ram": True},
+    "multifd": {"mapped_ram": True, "multifd": True},
     "bg": {"background_snapshot": True, "mapped_ram": True},
 }
 
@@ -123,3 +124,39 @@ def test_prefetch_threads_parameter(workdir):
         assert g.cmd("query-migrate-parameters")["postcopy-file-threads"] == 2
         g.cmd("migrate-set-parameters", postcopy_file_threads=64)
         assert g.cmd("query-migrate-parameters")["postcopy-file-threads"] == 64
+
+
+@pytest.mark.parametrize("form", ["offset", "fdset"])
+def test_lazy_load_uri_forms(workdir, form):
+    """file:PATH,offset=N and file:/dev/fdset/N load lazily too."""
+    path = os.path.join(workdir, "snap.mig")
+    offset = 0x10000
+    uri = f"file:{path},offset={offset}"
+    with Guest(workdir, ram_mb=RAM_MB, wl_mb=WL_MB) as src:
+        src.wait_ready()
+        src.wait_progress()
+        src.cmd("stop")
+        want = src.dump_ram(os.path.join(workdir, "ram-src"))
+        src.set_caps(mapped_ram=True, background_snapshot=True)
+        src.cmd("migrate", uri=uri)
+        status, info = src.wait_migration()
+        assert status == "completed", info
+    dst = Guest(workdir, name="dst", ram_mb=RAM_MB, wl_mb=WL_MB, incoming="defer",
+                paused=True)
+    fd = None
+    if form == "fdset":
+        fd = os.open(path, os.O_RDONLY)
+        dst.vm.add_fd(fd, 1, "snapshot")
+        uri = f"file:/dev/fdset/1,offset={offset}"
+    dst.launch()
+    try:
+        dst.set_caps(**LAZY)
+        dst.cmd("migrate-incoming", uri=uri)
+        info = wait_filled(dst)
+        assert info["status"] == "completed", info
+        assert info["postcopy-file"]["pages-prefetched"] > 0
+        assert dst.dump_ram(os.path.join(workdir, "ram-dst")) == want
+    finally:
+        dst.shutdown()
+        if fd is not None:
+            os.close(fd)
