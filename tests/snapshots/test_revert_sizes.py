@@ -52,7 +52,7 @@ def test_same_file_three_loaders(workdir, ram_mb):
             status, info = dst.incoming_file(path, **caps)
             assert status == "completed", f"{name}: {info}"
             got = os.path.join(workdir, f"ram-{name}")
-            assert dst.dump_ram(got) == want_sum, \\
+            assert dst.dump_ram(got) == want_sum, \
                 f"{name}: RAM differs at pages {differing_pages(want, got)}"
             os.unlink(got)
             dst.cmd("cont")
