@@ -15,12 +15,16 @@ from fusepy import FUSE, FuseOSError, Operations  # python3-fusepy
 
 
 class FaultyFile(Operations):
-    """/NAME mirrors BACKING; reads overlapping self.error fail with EIO."""
+    """
+    /NAME mirrors BACKING; reads overlapping self.error fail with EIO, or
+    with self.short, return only the bytes before the range (a short read).
+    """
 
     def __init__(self, backing, name):
         self.name = "/" + name
         self.fd = os.open(backing, os.O_RDONLY)
         self.error = None           # (start, end) byte range, or None
+        self.short = False          # True: end reads there short, not EIO
         self.failed_reads = 0
 
     def getattr(self, path, fh=None):
@@ -47,6 +51,10 @@ class FaultyFile(Operations):
         err = self.error
         if err and offset < err[1] and offset + size > err[0]:
             self.failed_reads += 1
+            if self.short and offset < err[0]:
+                return os.pread(self.fd, err[0] - offset, offset)
+            if self.short:
+                return b""
             raise FuseOSError(errno.EIO)
         return os.pread(self.fd, size, offset)
 

@@ -74,7 +74,7 @@ class Guest:
 
     def __init__(self, workdir, name="vm", ram_mb=512, wl_mb=64, seed=1,
                  wl_rate=0, disk=None, qemu=None, extra_args=(),
-                 incoming=None, paused=False):
+                 incoming=None, paused=False, machine="pc"):
         self.workdir = workdir
         self.name = name
         self.ram_mb = ram_mb
@@ -86,7 +86,7 @@ class Guest:
         if disk and not os.path.exists(disk):
             create_qcow2(disk)
         args = [
-            "-machine", "pc", "-accel", ACCEL, "-cpu", "max" if ACCEL == "tcg" else "host",
+            "-machine", machine, "-accel", ACCEL, "-cpu", "max" if ACCEL == "tcg" else "host",
             "-m", str(ram_mb), "-smp", "1", "-nodefaults",
             "-kernel", KERNEL, "-initrd", INITRD,
             "-append", f"console=ttyS0 panic=-1 quiet wl.mb={wl_mb} wl.seed={seed} "

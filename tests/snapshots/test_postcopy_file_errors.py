@@ -105,8 +105,29 @@ def test_corrupt_header(workdir, snapfile, field, offset, value, expect):
 
 
 def test_different_ram_size(workdir, snapfile):
-    err = refused_before_start(workdir, snapfile, ram_mb=RAM_MB * 2)
-    assert err
+    refused_before_start(workdir, snapfile, ram_mb=RAM_MB * 2,
+                         expect="this machine has")
+
+
+def test_different_machine_type(workdir, snapfile):
+    """A file saved from a pc machine does not load into a q35 machine."""
+    before = file_sha256(snapfile)
+    dst = Guest(workdir, name="dst", ram_mb=RAM_MB, wl_mb=WL_MB, incoming="defer",
+                machine="q35")
+    dst.launch()
+    try:
+        dst.set_caps(**LAZY)
+        dst.cmd("migrate-incoming", uri=f"file:{snapfile}", exit_on_error=False)
+        status, info = dst.wait_migration(timeout=120)
+        assert status == "failed", info
+        assert dst.status() != "running"
+        assert "WL " not in dst.console()
+    finally:
+        dst.shutdown()
+    log = dst.vm.get_log() or ""
+    assert "Machine type received is 'pc-i440fx" in log, \
+        f"{info.get('error-desc')}\n{log}"
+    assert file_sha256(snapfile) == before
 
 
 def test_partial_file_from_killed_source(workdir):
@@ -203,7 +224,8 @@ def wait_status(g, want, timeout=120):
     raise AssertionError(f"status {info.get('status')}, not {want}: {info}")
 
 
-def test_read_error_pauses_then_recovers(workdir, snapfile):
+@pytest.mark.parametrize("kind", ["eio", "short-read"])
+def test_read_error_pauses_then_recovers(workdir, snapfile, kind):
     """
     Reads of one MiB of pc.ram fail with EIO during the fill: the load
     pauses with an error that names the file and offset, the guest never
@@ -217,6 +239,7 @@ def test_read_error_pauses_then_recovers(workdir, snapfile):
     os.mkdir(mnt)
     with FaultyMount(snapfile, mnt, "snap.mig") as fs:
         fs.ops.error = (bad, bad + (1 << 20))
+        fs.ops.short = kind == "short-read"
         dst = Guest(workdir, name="dst", ram_mb=RAM_MB, wl_mb=WL_MB, incoming="defer")
         dst.launch()
         try:
