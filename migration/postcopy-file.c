@@ -49,7 +49,9 @@ typedef struct PostcopyFileBlock {
 } PostcopyFileBlock;
 
 struct PostcopyFile {
-    QIOChannel *ioc;
+    QIOChannel *ioc;            /* read with qatomic_read(), see recover */
+    GPtrArray *old_iocs;        /* replaced by migrate-recover */
+    GPtrArray *old_paths;
     char *path;                 /* of the file, for error messages */
     uint64_t size;
     PostcopyFileBlock *blocks;
@@ -170,7 +172,8 @@ static int pf_place(MigrationIncomingState *mis, PostcopyFile *pf,
         if (!have_data) {
             Error *err = NULL;
             uint64_t off = rb->pages_offset + start;
-            ssize_t len = qio_channel_pread(pf->ioc, buf, psize, off, &err);
+            ssize_t len = qio_channel_pread(qatomic_read(&pf->ioc), buf,
+                                            psize, off, &err);
 
             if (len != psize) {
                 if (!err) {
@@ -286,7 +289,8 @@ static void *postcopy_file_prefetch_thread(void *opaque)
                 Error *err = NULL;
                 uint64_t foff = rb->pages_offset + off;
 
-                if (qio_channel_pread(pf->ioc, buf, len, foff, &err) != len) {
+                if (qio_channel_pread(qatomic_read(&pf->ioc), buf, len, foff,
+                                      &err) != len) {
                     if (!err) {
                         error_setg(&err, "short read");
                     }
@@ -454,6 +458,8 @@ int postcopy_file_prepare(MigrationIncomingState *mis, QEMUFile *f,
         }
     }
     pf->ioc = QIO_CHANNEL(object_ref(OBJECT(ioc)));
+    pf->old_iocs = g_ptr_array_new_with_free_func(object_unref);
+    pf->old_paths = g_ptr_array_new_with_free_func(g_free);
     pf->fault_buf = qemu_memalign(qemu_real_host_page_size(),
                                   mis->largest_page_size);
     pf->nthreads = migrate_postcopy_file_threads();
@@ -526,6 +532,8 @@ void postcopy_file_cleanup(MigrationIncomingState *mis)
     g_free(pf->prefetch);
     qemu_vfree(pf->fault_buf);
     object_unref(OBJECT(pf->ioc));
+    g_ptr_array_free(pf->old_iocs, true);
+    g_ptr_array_free(pf->old_paths, true);
     g_free(pf->path);
     qemu_event_destroy(&pf->all_done);
     g_free(pf);
@@ -559,12 +567,16 @@ bool postcopy_file_recover(MigrationIncomingState *mis, const char *uri,
         return false;
     }
 
-    /* The prefetch threads are gone and the fault thread is waiting */
+    /*
+     * The prefetch threads are gone, but the fault thread may be reading
+     * from the old file right now: keep it open until the end.
+     */
     qemu_thread_join(&mis->listen_thread);
-    object_unref(OBJECT(pf->ioc));
-    pf->ioc = QIO_CHANNEL(fioc);
-    g_free(pf->path);
-    pf->path = g_strdup(path);
+    g_ptr_array_add(pf->old_iocs, pf->ioc);
+    qatomic_set(&pf->ioc, QIO_CHANNEL(fioc));
+    /* Likewise, the fault thread may be formatting an error with it */
+    g_ptr_array_add(pf->old_paths, pf->path);
+    qatomic_set(&pf->path, g_strdup(path));
     qatomic_set(&pf->failed, false);
     qemu_event_reset(&pf->all_done);
     /*
