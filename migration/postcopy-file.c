@@ -370,14 +370,27 @@ static void *postcopy_file_fill_thread(void *opaque)
     return NULL;
 }
 
+/* The size of the file behind @ioc, which must be a file: channel */
+static bool pf_file_size(QIOChannel *ioc, uint64_t *size, Error **errp)
+{
+    struct stat st;
+
+    if (!object_dynamic_cast(OBJECT(ioc), TYPE_QIO_CHANNEL_FILE) ||
+        fstat(QIO_CHANNEL_FILE(ioc)->fd, &st) < 0) {
+        error_setg(errp, "postcopy from file needs a file: migration");
+        return false;
+    }
+    *size = st.st_size;
+    return true;
+}
+
 bool postcopy_file_check_block(QEMUFile *f, RAMBlock *block,
                                ram_addr_t length, uint64_t page_size,
                                uint64_t bitmap_offset, Error **errp)
 {
-    QIOChannel *ioc = qemu_file_get_ioc(f);
     size_t bitmap_size = BITS_TO_LONGS(length >> TARGET_PAGE_BITS) *
                          sizeof(unsigned long);
-    struct stat st;
+    uint64_t size;
 
     if (length != block->used_length || page_size != TARGET_PAGE_SIZE) {
         error_setg(errp, "RAM block %s: the file holds 0x" RAM_ADDR_FMT
@@ -392,16 +405,13 @@ bool postcopy_file_check_block(QEMUFile *f, RAMBlock *block,
                    block->idstr, bitmap_offset, block->pages_offset);
         return false;
     }
-    if (!object_dynamic_cast(OBJECT(ioc), TYPE_QIO_CHANNEL_FILE) ||
-        fstat(QIO_CHANNEL_FILE(ioc)->fd, &st) < 0) {
-        error_setg(errp, "postcopy from file needs a file: migration");
+    if (!pf_file_size(qemu_file_get_ioc(f), &size, errp)) {
         return false;
     }
-    if (block->pages_offset + length > st.st_size) {
+    if (block->pages_offset + length > size) {
         error_setg(errp, "RAM block %s: the file is truncated or corrupt: "
                    "its pages end at 0x%" PRIx64 ", the file at 0x%" PRIx64,
-                   block->idstr, block->pages_offset + length,
-                   (uint64_t)st.st_size);
+                   block->idstr, block->pages_offset + length, size);
         return false;
     }
     return true;
@@ -413,18 +423,16 @@ int postcopy_file_prepare(MigrationIncomingState *mis, QEMUFile *f,
     QIOChannel *ioc = qemu_file_get_ioc(f);
     g_autofree char *fdpath = NULL;
     PostcopyFile *pf;
-    struct stat st;
+    uint64_t size;
     RAMBlock *rb;
     int n = 0;
 
     have_last_info = false;
-    if (!object_dynamic_cast(OBJECT(ioc), TYPE_QIO_CHANNEL_FILE) ||
-        fstat(QIO_CHANNEL_FILE(ioc)->fd, &st) < 0) {
-        error_setg(errp, "postcopy from file needs a file: migration");
+    if (!pf_file_size(ioc, &size, errp)) {
         return -1;
     }
     pf = g_new0(PostcopyFile, 1);
-    pf->size = st.st_size;
+    pf->size = size;
     fdpath = g_strdup_printf("/proc/self/fd/%d", QIO_CHANNEL_FILE(ioc)->fd);
     pf->path = g_file_read_link(fdpath, NULL);
     if (!pf->path) {
