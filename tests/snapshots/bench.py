@@ -59,14 +59,9 @@ LAZY_EXTRA = [
 ]
 
 
-def set_caps(g, **caps):
-    g.cmd("migrate-set-capabilities", capabilities=[
-        {"capability": k.replace("_", "-"), "state": v} for k, v in caps.items()])
-
-
 def migrate_to_file(g, path, caps):
     log = EventLog(g)
-    set_caps(g, events=True, **caps)
+    g.set_caps(events=True, **caps)
     log.clear()
     t0 = time.time()
     g.cmd("migrate", uri=f"file:{path}")
@@ -83,7 +78,7 @@ def migrate_to_file(g, path, caps):
     if g.status() == "running":
         log.poll()
     total = event_time(ev) - t0
-    set_caps(g, **{k: False for k in caps})
+    g.set_caps(**{k: False for k in caps})
     return log.paused_seconds(), total
 
 
@@ -111,7 +106,7 @@ def restore_file(qemu, workdir, ram_mb, wl_mb, path, caps, extra=None):
     g.launch()
     try:
         log = EventLog(g)
-        set_caps(g, events=True, **caps)
+        g.set_caps(events=True, **caps)
         t0 = time.time()
         g.cmd("migrate-incoming", uri=f"file:{path}", exit_on_error=False)
         done = None

@@ -16,6 +16,15 @@ from snaptest import Guest
 RAM_MB = int(os.environ.get("DEMO_RAM_MB", "1024"))
 
 
+def verify_all_pages(g, what):
+    """Let the workload verify every page; exit on corruption."""
+    errors = g.wait_full_pass()
+    print(f"demo: the workload verified every page after {what}: "
+          f"{errors} corrupt pages")
+    if errors:
+        sys.exit(1)
+
+
 def main():
     workdir = tempfile.mkdtemp(prefix="qis-demo-", dir="/var/tmp")
     disk = os.path.join(workdir, "disk.qcow2")
@@ -54,11 +63,7 @@ def main():
             print(f"demo: snapshot-load: guest running again after "
                   f"{(event_time(resume) - t0) * 1000:.0f} ms, "
                   f"job done after {(event_time(ev) - t0) * 1000:.0f} ms")
-            errors = g.wait_full_pass()
-            print(f"demo: the workload verified every page after the revert: "
-                  f"{errors} corrupt pages")
-            if errors:
-                sys.exit(1)
+            verify_all_pages(g, "the revert")
 
             # Instant snapshot: background-snapshot + mapped-ram to a file
             path = os.path.join(workdir, "instant.mig")
@@ -86,11 +91,7 @@ def main():
                   f"{(event_time(done) - t0) * 1000:.0f} ms "
                   f"({info['pages-faulted']} pages faulted, "
                   f"{info['pages-prefetched']} prefetched)")
-            errors = dst.wait_full_pass()
-            print(f"demo: the workload verified every page after the instant revert: "
-                  f"{errors} corrupt pages")
-            if errors:
-                sys.exit(1)
+            verify_all_pages(dst, "the instant revert")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

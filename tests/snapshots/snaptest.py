@@ -260,6 +260,25 @@ class Guest:
         return err
 
 
+def save_to_file(workdir, path, ram_mb, wl_mb, stop_first=False, **caps):
+    """
+    Boot a guest whose workload fills WL_MB, let it run, and migrate it to
+    file:PATH with CAPS.  With STOP_FIRST, stop it and dump its RAM first
+    (the snapshot point); return (dump path, sha256), else (None, None).
+    """
+    with Guest(workdir, name="src", ram_mb=ram_mb, wl_mb=wl_mb) as src:
+        src.wait_ready()
+        src.wait_progress()
+        dump = digest = None
+        if stop_first:
+            src.cmd("stop")
+            dump = os.path.join(workdir, "ram-src")
+            digest = src.dump_ram(dump)
+        src.migrate_to_file(path, **caps)
+        src.check_no_corruption()
+    return dump, digest
+
+
 def file_sha256(path):
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from snaptest import Guest, differing_pages
+from snaptest import Guest, differing_pages, save_to_file
 
 RAM_MB = int(os.environ.get("QIS_TEST_RAM_MB", "512"))
 WL_MB = RAM_MB * 3 // 4 - 64
@@ -39,13 +39,8 @@ def restore(workdir, path, caps, wl_mb):
 def test_restore_equals_snapshot_point(workdir, kind):
     """Guest stopped: RAM after the restore equals RAM when the snapshot was taken."""
     path = os.path.join(workdir, "snap.mig")
-    with Guest(workdir, ram_mb=RAM_MB, wl_mb=WL_MB) as src:
-        src.wait_ready()
-        src.wait_progress()
-        src.cmd("stop")
-        at_snapshot = os.path.join(workdir, "ram-src")
-        want = src.dump_ram(at_snapshot)
-        src.migrate_to_file(path, **CAPS[kind])
+    at_snapshot, want = save_to_file(workdir, path, RAM_MB, WL_MB, stop_first=True,
+                                     **CAPS[kind])
     dst = restore(workdir, path, CAPS[kind], WL_MB)
     try:
         after = os.path.join(workdir, "ram-dst")

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from snaptest import Guest, differing_pages
+from snaptest import Guest, differing_pages, save_to_file
 
 RAM_MB = int(os.environ.get("QIS_TEST_RAM_MB", "512"))
 WL_MB = RAM_MB * 3 // 4 - 64
@@ -20,16 +20,6 @@ SAVE_CAPS = {
     "multifd": {"mapped_ram": True, "multifd": True},
     "bg": {"background_snapshot": True, "mapped_ram": True},
 }
-
-
-def wait_filled(g, timeout=600):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = g.cmd("query-migrate")
-        if info["status"] in ("completed", "failed"):
-            return info
-        time.sleep(0.05)
-    raise TimeoutError("lazy load did not complete")
 
 
 def lazy_dst(workdir, paused, name="dst"):
@@ -44,17 +34,12 @@ def lazy_dst(workdir, paused, name="dst"):
 def test_lazy_load_equals_snapshot_point(workdir, kind):
     """Destination started paused: RAM after the lazy fill equals RAM at the snapshot."""
     path = os.path.join(workdir, "snap.mig")
-    with Guest(workdir, ram_mb=RAM_MB, wl_mb=WL_MB) as src:
-        src.wait_ready()
-        src.wait_progress()
-        src.cmd("stop")
-        at_snapshot = os.path.join(workdir, "ram-src")
-        want = src.dump_ram(at_snapshot)
-        src.migrate_to_file(path, **SAVE_CAPS[kind])
+    at_snapshot, want = save_to_file(workdir, path, RAM_MB, WL_MB, stop_first=True,
+                                     **SAVE_CAPS[kind])
     dst = lazy_dst(workdir, paused=True)
     try:
         dst.cmd("migrate-incoming", uri=f"file:{path}")
-        info = wait_filled(dst)
+        _, info = dst.wait_migration()
         assert info["status"] == "completed", info
         pf = info["postcopy-file"]
         assert pf["pages-resident"] == pf["pages-total"]
@@ -73,10 +58,7 @@ def test_lazy_load_guest_runs_during_fill(workdir):
     runs while RAM is filled and its workload verifies every page.
     """
     path = os.path.join(workdir, "snap.mig")
-    with Guest(workdir, ram_mb=RAM_MB, wl_mb=WL_MB) as src:
-        src.wait_ready()
-        src.wait_progress()
-        src.migrate_to_file(path, **SAVE_CAPS["bg"])
+    save_to_file(workdir, path, RAM_MB, WL_MB, **SAVE_CAPS["bg"])
     dst = lazy_dst(workdir, paused=False)
     try:
         dst.set_caps(events=True)
@@ -152,7 +134,7 @@ def test_lazy_load_uri_forms(workdir, form):
     try:
         dst.set_caps(**LAZY)
         dst.cmd("migrate-incoming", uri=uri)
-        info = wait_filled(dst)
+        _, info = dst.wait_migration()
         assert info["status"] == "completed", info
         assert info["postcopy-file"]["pages-prefetched"] > 0
         assert dst.dump_ram(os.path.join(workdir, "ram-dst")) == want

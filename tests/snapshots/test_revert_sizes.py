@@ -11,10 +11,11 @@ import os
 import pytest
 
 import snaptest
-from snaptest import Guest, differing_pages
+from snaptest import Guest, differing_pages, save_to_file
 
 SIZES = [int(s) for s in os.environ.get("QIS_REVERT_SIZES_MB", "1024,2048").split(",")]
 STOCK_QEMU = os.path.join(snaptest.BUILD, "stock", "build", "qemu-system-x86_64")
+BG_MAPPED_RAM = {"background_snapshot": True, "mapped_ram": True}
 LOADERS = {
     "lazy": (None, {"postcopy_ram": True, "mapped_ram": True}),
     "eager": (None, {"mapped_ram": True}),
@@ -22,26 +23,11 @@ LOADERS = {
 }
 
 
-def save(workdir, ram_mb, path, stop_first):
-    """Background snapshot (mapped-ram) of a guest whose workload fills 3/4 of RAM."""
-    with Guest(workdir, ram_mb=ram_mb, wl_mb=ram_mb * 3 // 4) as src:
-        src.wait_ready()
-        src.wait_progress()
-        want = None
-        if stop_first:
-            src.cmd("stop")
-            want = os.path.join(workdir, "ram-src")
-            src.dump_ram(want)
-        src.migrate_to_file(path, background_snapshot=True, mapped_ram=True)
-        src.check_no_corruption()
-    return want
-
-
 @pytest.mark.parametrize("ram_mb", SIZES)
 def test_same_file_three_loaders(workdir, ram_mb):
     path = os.path.join(workdir, "snap.mig")
-    want = save(workdir, ram_mb, path, stop_first=True)
-    want_sum = snaptest.file_sha256(want)
+    want, want_sum = save_to_file(workdir, path, ram_mb, ram_mb * 3 // 4,
+                                  stop_first=True, **BG_MAPPED_RAM)
     for name, (qemu, caps) in LOADERS.items():
         if qemu and not os.path.exists(qemu):
             pytest.fail(f"{qemu} is not built (make check builds it)")
@@ -65,7 +51,7 @@ def test_same_file_three_loaders(workdir, ram_mb):
 @pytest.mark.parametrize("ram_mb", SIZES)
 def test_lazy_revert_guest_writes_and_runs(workdir, ram_mb):
     path = os.path.join(workdir, "snap.mig")
-    save(workdir, ram_mb, path, stop_first=False)
+    save_to_file(workdir, path, ram_mb, ram_mb * 3 // 4, **BG_MAPPED_RAM)
     dst = Guest(workdir, name="dst", ram_mb=ram_mb, wl_mb=ram_mb * 3 // 4,
                 incoming="defer")
     dst.launch()
