@@ -20,12 +20,14 @@
 #include "qemu/bitops.h"
 #include "qemu/error-report.h"
 #include "qemu/main-loop.h"
+#include "system/runstate.h"
 #include "qemu/memalign.h"
 #include "qemu/rcu.h"
 #include "qemu/units.h"
 #include "qapi/error.h"
 #include "qapi/qapi-visit-migration.h"
 #include "migration/misc.h"
+#include "monitor/monitor.h"
 #include "io/channel-file.h"
 #include "system/ramblock.h"
 #include "exec/target_page.h"
@@ -103,29 +105,27 @@ static void pf_get_info(PostcopyFile *pf, PostcopyFileInfo *pi)
     pi->bytes_read = qatomic_read(&pf->bytes_read);
 }
 
-/* Claim the host page at @start; false if another thread already has it. */
-static bool pf_claim(PostcopyFileBlock *b, ram_addr_t start)
+/* Claim host page @hp of @b; false if another thread already has it. */
+static bool pf_claim(PostcopyFileBlock *b, long hp)
 {
-    long nr = start / qemu_ram_pagesize(b->rb);
-    unsigned long mask = BIT_MASK(nr);
-    unsigned long *word = b->claimed + BIT_WORD(nr);
+    unsigned long mask = BIT_MASK(hp);
 
-    return !(qatomic_fetch_or(word, mask) & mask);
+    return !(qatomic_fetch_or(b->claimed + BIT_WORD(hp), mask) & mask);
 }
 
-static void pf_page_done(PostcopyFile *pf)
+static void pf_pages_done(PostcopyFile *pf, uint64_t n)
 {
-    if (qatomic_inc_fetch(&pf->host_pages_done) == pf->host_pages_total) {
+    if (qatomic_add_fetch(&pf->host_pages_done, n) == pf->host_pages_total) {
         qemu_event_set(&pf->all_done);
     }
 }
 
-/* Give up a claim whose page could not be placed, so it can be retried */
-static void pf_unclaim(PostcopyFileBlock *b, ram_addr_t start)
+/* Give up the claims of @n pages from @hp, which could not be placed */
+static void pf_unclaim(PostcopyFileBlock *b, long hp, long n)
 {
-    long nr = start / qemu_ram_pagesize(b->rb);
-
-    qatomic_and(b->claimed + BIT_WORD(nr), ~BIT_MASK(nr));
+    for (long p = hp; p < hp + n; p++) {
+        qatomic_and(b->claimed + BIT_WORD(p), ~BIT_MASK(p));
+    }
 }
 
 static void pf_fail(MigrationIncomingState *mis, Error *err)
@@ -149,68 +149,78 @@ static void pf_fail(MigrationIncomingState *mis, Error *err)
     }
 }
 
+/* Does the file hold any target page of host page @hp of @rb? */
+static bool pf_page_has_data(RAMBlock *rb, long hp)
+{
+    long n = qemu_ram_pagesize(rb) >> TARGET_PAGE_BITS;
+
+    return find_next_bit(rb->file_bmap, (hp + 1) * n, hp * n) < (hp + 1) * n;
+}
+
 /*
- * Place the host page at @start of @b, reading it from the file into @buf
- * when the file holds any of its target pages.  @buf may already hold the
- * page (@have_data).  The caller has claimed the page.
+ * Place the @n host pages from @hp of @b, which the caller has claimed,
+ * with one ioctl: copied from @buf, or zero pages when @buf is NULL.
+ * One UFFDIO_COPY per run rather than per page is what makes the fill
+ * fast.
  */
-static int pf_place(MigrationIncomingState *mis, PostcopyFile *pf,
-                    PostcopyFileBlock *b, ram_addr_t start, uint8_t *buf,
-                    bool have_data)
+static int pf_place_run(MigrationIncomingState *mis, PostcopyFile *pf,
+                        PostcopyFileBlock *b, long hp, long n, uint8_t *buf)
 {
     RAMBlock *rb = b->rb;
     size_t psize = qemu_ram_pagesize(rb);
-    void *host = rb->host + start;
-    long first = start >> TARGET_PAGE_BITS;
-    long n = psize >> TARGET_PAGE_BITS;
-    long set = bitmap_count_one_with_offset(rb->file_bmap, first, n);
+    long tpp = psize >> TARGET_PAGE_BITS;
     int ret;
 
-    if (!set) {
-        ret = postcopy_place_page_zero(mis, host, rb);
-    } else {
-        if (!have_data) {
-            Error *err = NULL;
-            uint64_t off = rb->pages_offset + start;
-            ssize_t len = qio_channel_pread(qatomic_read(&pf->ioc), buf,
-                                            psize, off, &err);
-
-            if (len != psize) {
-                if (!err) {
-                    error_setg(&err, "short read (%zd of %zu bytes)", len,
-                               psize);
-                }
-                error_prepend(&err, "postcopy from file: cannot read page "
-                              "0x" RAM_ADDR_FMT " of RAM block %s at offset "
-                              "0x%" PRIx64 " of %s: ", start, rb->idstr, off,
-                              pf->path);
-                pf_unclaim(b, start);
-                pf_fail(mis, err);
-                return -EIO;
-            }
-            qatomic_add(&pf->bytes_read, psize);
-        }
-        if (set != n) {
-            for (long i = 0; i < n; i++) {
-                if (!test_bit(first + i, rb->file_bmap)) {
-                    memset(buf + i * TARGET_PAGE_SIZE, 0, TARGET_PAGE_SIZE);
-                }
+    if (buf && tpp > 1) {
+        /* A huge page the file holds in part: the rest is zero */
+        for (long t = 0; t < n * tpp; t++) {
+            if (!test_bit(hp * tpp + t, rb->file_bmap)) {
+                memset(buf + t * TARGET_PAGE_SIZE, 0, TARGET_PAGE_SIZE);
             }
         }
-        ret = postcopy_place_page(mis, host, buf, rb);
     }
+    ret = postcopy_place_pages(mis, rb->host + hp * psize, buf, n * psize,
+                               rb);
     if (ret) {
         Error *err = NULL;
 
-        error_setg_errno(&err, -ret, "postcopy from file: cannot place page "
-                         "0x" RAM_ADDR_FMT " of RAM block %s", start,
-                         rb->idstr);
-        pf_unclaim(b, start);
+        error_setg_errno(&err, -ret, "postcopy from file: cannot place "
+                         "0x%zx bytes at 0x%zx of RAM block %s", n * psize,
+                         hp * psize, rb->idstr);
+        pf_unclaim(b, hp, n);
         pf_fail(mis, err);
         return ret;
     }
-    pf_page_done(pf);
+    pf_pages_done(pf, n);
     return 0;
+}
+
+/*
+ * Read @len bytes at @start of the pages of @b into @buf.  On failure the
+ * load pauses with an error that names the file and the offset.
+ */
+static bool pf_read(MigrationIncomingState *mis, PostcopyFile *pf,
+                    PostcopyFileBlock *b, ram_addr_t start, size_t len,
+                    uint8_t *buf)
+{
+    Error *err = NULL;
+    uint64_t off = b->rb->pages_offset + start;
+    ssize_t ret = qio_channel_pread(qatomic_read(&pf->ioc), (char *)buf, len,
+                                    off, &err);
+
+    if (ret == len) {
+        qatomic_add(&pf->bytes_read, len);
+        return true;
+    }
+    if (!err) {
+        error_setg(&err, "short read (%zd of %zu bytes)", ret, len);
+    }
+    error_prepend(&err, "postcopy from file: cannot read 0x%zx bytes at "
+                  "0x" RAM_ADDR_FMT " of RAM block %s at offset 0x%" PRIx64
+                  " of %s: ", len, start, b->rb->idstr, off,
+                  qatomic_read(&pf->path));
+    pf_fail(mis, err);
+    return false;
 }
 
 int postcopy_file_request_page(MigrationIncomingState *mis, RAMBlock *rb,
@@ -218,6 +228,7 @@ int postcopy_file_request_page(MigrationIncomingState *mis, RAMBlock *rb,
 {
     PostcopyFile *pf = mis->postcopy_file;
     PostcopyFileBlock *b = pf_block(pf, rb);
+    long hp;
     int ret;
 
     if (!b) {
@@ -231,12 +242,29 @@ int postcopy_file_request_page(MigrationIncomingState *mis, RAMBlock *rb,
         }
         mark_postcopy_blocktime_begin(haddr, tid, rb);
     }
-    if (!pf_claim(b, start)) {
+    hp = start / qemu_ram_pagesize(rb);
+    if (!pf_claim(b, hp)) {
         /* A prefetch thread is placing it; that wakes the faulting thread */
         return 0;
     }
     trace_postcopy_file_fault(rb->idstr, start);
-    ret = pf_place(mis, pf, b, start, pf->fault_buf, false);
+    if (!pf_page_has_data(rb, hp)) {
+        ret = pf_place_run(mis, pf, b, hp, 1, NULL);
+    } else if (pf_read(mis, pf, b, start, qemu_ram_pagesize(rb),
+                       pf->fault_buf)) {
+        ret = pf_place_run(mis, pf, b, hp, 1, pf->fault_buf);
+    } else if (postcopy_state_get() != POSTCOPY_INCOMING_RUNNING) {
+        /*
+         * A device read guest RAM while its state was loaded, and the main
+         * thread waits in this fault, so nobody could migrate-recover.
+         * Let the device load go on with a zero page: the load has failed
+         * and postcopy_file_start() will not start the guest.
+         */
+        ret = pf_place_run(mis, pf, b, hp, 1, NULL);
+    } else {
+        pf_unclaim(b, hp, 1);
+        ret = -EIO;
+    }
     if (!ret) {
         qatomic_inc(&pf->pages_faulted);
     } else {
@@ -277,7 +305,7 @@ static void *postcopy_file_prefetch_thread(void *opaque)
             long hp = off / psize, hp_end = hp + len / psize;
             long tp = off >> TARGET_PAGE_BITS;
             long tp_end = tp + (len >> TARGET_PAGE_BITS);
-            bool have_data = false;
+            bool have_data;
 
             if (qatomic_read(&pf->failed)) {
                 break;
@@ -285,39 +313,35 @@ static void *postcopy_file_prefetch_thread(void *opaque)
             if (find_next_zero_bit(b->claimed, hp_end, hp) >= hp_end) {
                 continue;       /* all faulted in already */
             }
-            if (find_next_bit(rb->file_bmap, tp_end, tp) < tp_end) {
-                Error *err = NULL;
-                uint64_t foff = rb->pages_offset + off;
-
-                if (qio_channel_pread(qatomic_read(&pf->ioc), buf, len, foff,
-                                      &err) != len) {
-                    if (!err) {
-                        error_setg(&err, "short read");
-                    }
-                    error_prepend(&err, "postcopy from file: cannot read "
-                                  "RAM block %s at offset 0x%" PRIx64
-                                  " of %s: ", rb->idstr, foff, pf->path);
-                    pf_fail(mis, err);
-                    break;
-                }
-                qatomic_add(&pf->bytes_read, len);
-                have_data = true;
+            have_data = find_next_bit(rb->file_bmap, tp_end, tp) < tp_end;
+            if (have_data && !pf_read(mis, pf, b, off, len, buf)) {
+                break;
             }
             trace_postcopy_file_prefetch(rb->idstr, off, len);
-            for (long p = hp; p < hp_end; p++) {
-                ram_addr_t start = p * psize;
+            /* Place runs of unclaimed pages, data and zero runs apart */
+            for (long p = hp, q; p < hp_end; p = q) {
+                bool data;
 
-                if (!pf_claim(b, start)) {
+                if (!pf_claim(b, p)) {
+                    q = p + 1;
                     continue;
                 }
-                if (pf_place(mis, pf, b, start, buf + (start - off),
-                             have_data)) {
-                    break;
+                data = have_data && pf_page_has_data(rb, p);
+                for (q = p + 1; q < hp_end; q++) {
+                    if ((have_data && pf_page_has_data(rb, q)) != data ||
+                        !pf_claim(b, q)) {
+                        break;
+                    }
                 }
-                qatomic_inc(&pf->pages_prefetched);
+                if (pf_place_run(mis, pf, b, p, q - p,
+                                 data ? buf + (p * psize - off) : NULL)) {
+                    goto out;
+                }
+                qatomic_add(&pf->pages_prefetched, q - p);
             }
         }
     }
+out:
     rcu_unregister_thread();
     qemu_vfree(buf);
     g_free(arg);
@@ -457,11 +481,17 @@ int postcopy_file_prepare(MigrationIncomingState *mis, QEMUFile *f,
         b->host_pages = rb->used_length / psize;
         b->claimed = bitmap_new(b->host_pages);
         pf->host_pages_total += b->host_pages;
-        /* Never populate memory a RamDiscardManager discarded */
-        for (uint64_t p = 0; p < b->host_pages; p++) {
-            if (ramblock_page_is_discarded(rb, p * psize)) {
-                set_bit(p, b->claimed);
-                pf->host_pages_done++;
+        /*
+         * Never populate memory a RamDiscardManager discarded.  Asking
+         * per page costs milliseconds per GiB, so ask only blocks that
+         * have a manager: this runs before the guest starts.
+         */
+        if (rb->mr && memory_region_has_ram_discard_manager(rb->mr)) {
+            for (uint64_t p = 0; p < b->host_pages; p++) {
+                if (ramblock_page_is_discarded(rb, p * psize)) {
+                    set_bit(p, b->claimed);
+                    pf->host_pages_done++;
+                }
             }
         }
     }
@@ -516,12 +546,81 @@ static void postcopy_file_run_bh(void *opaque)
                            postcopy_file_fill_thread, QEMU_THREAD_JOINABLE);
 }
 
-void postcopy_file_start(MigrationIncomingState *mis)
+bool postcopy_file_start(MigrationIncomingState *mis, Error **errp)
 {
+    if (qatomic_read(&mis->postcopy_file->failed)) {
+        /* The read error itself is the migration's error already */
+        error_setg(errp, "postcopy from file: a device read guest RAM that "
+                   "could not be loaded");
+        return false;
+    }
     postcopy_state_set(POSTCOPY_INCOMING_RUNNING);
     migrate_set_state(&mis->state, MIGRATION_STATUS_ACTIVE,
                       MIGRATION_STATUS_POSTCOPY_ACTIVE);
     migration_bh_schedule(postcopy_file_run_bh, mis);
+    return true;
+}
+
+static void postcopy_file_give_up_bh(void *opaque)
+{
+    qemu_system_shutdown_request_with_code(SHUTDOWN_CAUSE_HOST_ERROR,
+                                           EXIT_FAILURE);
+}
+
+bool postcopy_file_cancel(MigrationIncomingState *mis, Error **errp)
+{
+    PostcopyFile *pf = mis->postcopy_file;
+
+    if (mis->state != MIGRATION_STATUS_POSTCOPY_PAUSED) {
+        error_setg(errp, "postcopy from file: the load can be cancelled "
+                   "only while it is paused; now it is %s",
+                   MigrationStatus_str(mis->state));
+        return false;
+    }
+    migrate_set_state(&mis->state, MIGRATION_STATUS_POSTCOPY_PAUSED,
+                      MIGRATION_STATUS_FAILED);
+    trace_postcopy_file_cancel(qatomic_read(&pf->host_pages_done),
+                               pf->host_pages_total);
+    /*
+     * Unlike a failed eager load, nothing is torn down: unregistering
+     * userfaultfd would let vCPUs that wait for a page run on an empty
+     * one.  Exit as a network postcopy does when it cannot go on, through
+     * postcopy_file_shutdown().  Ask for it from the monitor's context,
+     * so that the reply to this command goes out first.
+     */
+    if (mis->exit_on_error) {
+        aio_bh_schedule_oneshot(iohandler_get_aio_context(),
+                                postcopy_file_give_up_bh, NULL);
+    }
+    return true;
+}
+
+void postcopy_file_shutdown(void)
+{
+    MigrationIncomingState *mis = migration_incoming_get_current();
+    MigrationState *s = migrate_get_current();
+    PostcopyFile *pf = mis->postcopy_file;
+
+    if (!pf || (mis->state != MIGRATION_STATUS_POSTCOPY_PAUSED &&
+                mis->state != MIGRATION_STATUS_FAILED)) {
+        return;
+    }
+    /*
+     * vCPUs that wait for a page that will not come cannot be stopped,
+     * so vm_shutdown() would wait for them forever.  Exit as if killed:
+     * disk images are left as after a crash, which they survive, and the
+     * migration file is only ever read.
+     */
+    WITH_QEMU_LOCK_GUARD(&s->error_mutex) {
+        error_report("postcopy from file: exiting with %" PRIu64 " of %"
+                     PRIu64 " host pages not loaded%s%s",
+                     pf->host_pages_total - qatomic_read(&pf->host_pages_done),
+                     pf->host_pages_total, s->error ? ": " : "",
+                     s->error ? error_get_pretty(s->error) : "");
+    }
+    /* Send what the monitors owe, such as the reply to quit */
+    monitor_cleanup();
+    exit(mis->state == MIGRATION_STATUS_FAILED ? EXIT_FAILURE : EXIT_SUCCESS);
 }
 
 void postcopy_file_cleanup(MigrationIncomingState *mis)

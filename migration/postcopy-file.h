@@ -45,8 +45,12 @@ int postcopy_file_prepare(MigrationIncomingState *mis, QEMUFile *f,
 int postcopy_file_request_page(MigrationIncomingState *mis, RAMBlock *rb,
                                ram_addr_t start, uint64_t haddr, uint32_t tid);
 
-/* Device state is loaded: start the guest and fill the rest of RAM. */
-void postcopy_file_start(MigrationIncomingState *mis);
+/*
+ * Device state is loaded: start the guest and fill the rest of RAM.
+ * Returns false with @errp set, and the guest not started, if a page a
+ * device read while its state was loaded could not be read from the file.
+ */
+bool postcopy_file_start(MigrationIncomingState *mis, Error **errp);
 
 /*
  * migrate-recover while the load is paused by a read error: reopen the
@@ -55,6 +59,20 @@ void postcopy_file_start(MigrationIncomingState *mis);
  */
 bool postcopy_file_recover(MigrationIncomingState *mis, const char *uri,
                            Error **errp);
+
+/*
+ * migrate-cancel on the destination while the load is paused: give up.
+ * The load fails, and QEMU exits unless migrate-incoming was told not to
+ * (exit-on-error=false); then the guest stays where it waits for pages.
+ * Returns false with @errp set if the load is not paused.
+ */
+bool postcopy_file_cancel(MigrationIncomingState *mis, Error **errp);
+
+/*
+ * QEMU is quitting: if the load is paused or was given up, exit at once,
+ * because vCPUs that wait for missing pages cannot be stopped.
+ */
+void postcopy_file_shutdown(void);
 
 /* Free everything; called from postcopy_incoming_cleanup(). */
 void postcopy_file_cleanup(MigrationIncomingState *mis);

@@ -25,6 +25,7 @@ class FaultyFile(Operations):
         self.fd = os.open(backing, os.O_RDONLY)
         self.error = None           # (start, end) byte range, or None
         self.short = False          # True: end reads there short, not EIO
+        self.delay = 0.0            # seconds every read takes, to slow a load
         self.failed_reads = 0
 
     def getattr(self, path, fh=None):
@@ -48,6 +49,8 @@ class FaultyFile(Operations):
         return 0
 
     def read(self, path, size, offset, fh):
+        if self.delay:
+            time.sleep(self.delay)
         err = self.error
         if err and offset < err[1] and offset + size > err[0]:
             self.failed_reads += 1

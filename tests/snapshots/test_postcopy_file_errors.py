@@ -44,14 +44,15 @@ def find_header(path, idstr=b"pc.ram"):
     return i + 1 + len(idstr) + 8          # idlen, idstr, be64 used_length
 
 
-def refused_before_start(workdir, path, ram_mb=RAM_MB, expect=None):
+def refused_before_start(workdir, path, ram_mb=RAM_MB, expect=None, backing=None):
     """
-    Load PATH lazily; assert it fails, the guest never ran and the file is
-    unchanged.  EXPECT must appear in the error: query-migrate's
-    error-desc, or the detail QEMU reports on stderr (the RAM loader
-    reports its errors there and fails with a generic error).
+    Load PATH lazily; assert it fails, the guest never ran and the file
+    (or BACKING, if PATH is a view of it) is unchanged.  EXPECT must appear
+    in the error: query-migrate's error-desc, or the detail QEMU reports on
+    stderr (the RAM loader reports its errors there and fails with a
+    generic error).
     """
-    before = file_sha256(path)
+    before = file_sha256(backing or path)
     dst = Guest(workdir, name="dst", ram_mb=ram_mb, wl_mb=WL_MB, incoming="defer")
     dst.launch()
     try:
@@ -70,7 +71,7 @@ def refused_before_start(workdir, path, ram_mb=RAM_MB, expect=None):
     log = dst.vm.get_log() or ""
     if expect:
         assert expect in err or expect in log, f"{err}\n{log}"
-    assert file_sha256(path) == before, "the load changed the file"
+    assert file_sha256(backing or path) == before, "the load changed the file"
     return err + log
 
 
@@ -273,6 +274,161 @@ def test_read_error_pauses_then_recovers(workdir, snapfile, kind):
             assert info["postcopy-file"]["pages-resident"] == \
                 info["postcopy-file"]["pages-total"]
             assert "error-desc" not in info, info
+            assert dst.wait_full_pass() == 0
+            dst.check_no_corruption()
+        finally:
+            dst.shutdown()
+
+
+def start_paused_on_eio(workdir, fs, snapfile, exit_on_error, bad=None):
+    """
+    Start a lazy load of FS.path whose reads fail over the byte range BAD
+    (default: one MiB of pc.ram), and wait until it pauses.
+    """
+    if bad is None:
+        _, _, pages_offset, bitmap = ram_index(snapfile)
+        start = pages_offset + full_mib(bitmap)
+        bad = (start, start + (1 << 20))
+    fs.ops.error = bad
+    dst = Guest(workdir, name="dst", ram_mb=RAM_MB, wl_mb=WL_MB, incoming="defer")
+    dst.launch()
+    dst.set_caps(events=True, **LAZY)
+    dst.cmd("migrate-incoming", uri=f"file:{fs.path}", exit_on_error=exit_on_error)
+    info = wait_status(dst, ("postcopy-paused", "completed", "failed"))
+    assert info["status"] == "postcopy-paused", info
+    return dst, info
+
+
+def migration_statuses(g):
+    return [e["data"]["status"] for e in g.vm.get_qmp_events(wait=False)
+            if e["event"] == "MIGRATION"]
+
+
+def quit_returns(g, timeout=30):
+    """Ask QEMU to quit; its exit code, or None if it did not exit in time."""
+    try:
+        g.vm.shutdown(timeout=timeout)
+    except Exception:  # pylint: disable=broad-except
+        g.vm.kill()
+        return None
+    return g.vm.exitcode()
+
+
+@pytest.mark.parametrize("exit_on_error", [False, True])
+def test_cancel_gives_up_when_file_never_recovers(workdir, snapfile, exit_on_error):
+    """
+    The file stays unreadable: migrate-recover pauses again, and
+    migrate_cancel gives up.  The status becomes failed with the read
+    error, a MIGRATION event says so, the guest never runs on a wrong page,
+    and the file is unchanged.  QEMU then exits with an error at once, or,
+    with exit-on-error false, stays for inspection and exits with an error
+    when asked to quit.
+    """
+    before = file_sha256(snapfile)
+    mnt = os.path.join(workdir, "mnt")
+    os.mkdir(mnt)
+    with FaultyMount(snapfile, mnt, "snap.mig") as fs:
+        dst, info = start_paused_on_eio(workdir, fs, snapfile, exit_on_error)
+        try:
+            err = info["error-desc"]
+            assert fs.path in err and "offset 0x" in err, err
+            dst.cmd("migrate-recover", uri=f"file:{fs.path}")
+            info = wait_status(dst, ("postcopy-paused", "completed", "failed"))
+            assert info["status"] == "postcopy-paused", info
+
+            assert dst.cmd("migrate_cancel") == {}
+            if exit_on_error:
+                dst.vm.wait(timeout=60)
+                assert dst.vm.exitcode() == 1
+            else:
+                info = dst.cmd("query-migrate")
+                assert info["status"] == "failed", info
+                assert fs.path in info["error-desc"], info
+                assert "failed" in migration_statuses(dst)
+                time.sleep(2)
+                assert dst.cmd("query-migrate")["status"] == "failed"
+                assert info["postcopy-file"]["pages-resident"] < \
+                    info["postcopy-file"]["pages-total"]
+                # a failed load cannot be resumed
+                r = dst.qmp("migrate-recover", uri=f"file:{snapfile}")
+                assert "error" in r, r
+                dst.check_no_corruption()
+                assert quit_returns(dst) == 1
+            dst.check_no_corruption()
+            log = dst.vm.get_log() or ""
+            assert "host pages not loaded" in log and fs.path in log, log
+        finally:
+            dst.shutdown()
+    assert file_sha256(snapfile) == before
+
+
+def test_quit_while_vcpu_waits_for_a_page(workdir, snapfile):
+    """
+    All of pc.ram above 16 MiB fails to read, so the vCPU soon waits for a
+    page that will not come.  Such a vCPU cannot be stopped, yet quit must
+    not hang: QEMU exits at once, and the guest never ran on a wrong page.
+    """
+    used, _, pages_offset, _ = ram_index(snapfile)
+    mnt = os.path.join(workdir, "mnt")
+    os.mkdir(mnt)
+    with FaultyMount(snapfile, mnt, "snap.mig") as fs:
+        dst, _ = start_paused_on_eio(workdir, fs, snapfile, False,
+                                     bad=(pages_offset + (16 << 20),
+                                          pages_offset + used))
+        try:
+            # the vCPU is stuck: the guest prints nothing more
+            time.sleep(1)
+            mark = dst.console_mark()
+            time.sleep(3)
+            assert dst.console_mark() == mark, dst.console()[mark:]
+            assert dst.cmd("query-migrate")["status"] == "postcopy-paused"
+            assert quit_returns(dst) == 0
+            dst.check_no_corruption()
+            assert "host pages not loaded" in (dst.vm.get_log() or "")
+        finally:
+            dst.shutdown()
+
+
+def test_read_error_while_device_state_loads(workdir, snapfile):
+    """
+    Devices read guest RAM while their state is loaded (the vapic reads
+    its option ROM).  If that page cannot be read, the load fails before
+    the guest starts and names the file and offset, instead of stalling
+    with the main thread waiting for the page.
+    """
+    used, _, pages_offset, _ = ram_index(snapfile)
+    mnt = os.path.join(workdir, "mnt")
+    os.mkdir(mnt)
+    with FaultyMount(snapfile, mnt, "snap.mig") as fs:
+        fs.ops.error = (pages_offset, pages_offset + used)
+        err = refused_before_start(workdir, fs.path, backing=snapfile)
+        assert fs.path in err and "offset 0x" in err, err
+        assert fs.ops.failed_reads > 0
+
+
+def test_cancel_refused_while_filling(workdir, snapfile):
+    """
+    migrate-cancel while the load fills normally is refused (the guest runs
+    on it) and changes nothing: the load then completes and the workload
+    verifies every page.
+    """
+    mnt = os.path.join(workdir, "mnt")
+    os.mkdir(mnt)
+    with FaultyMount(snapfile, mnt, "snap.mig") as fs:
+        fs.ops.delay = 0.05             # keep the load filling for a while
+        dst = Guest(workdir, name="dst", ram_mb=RAM_MB, wl_mb=WL_MB, incoming="defer")
+        dst.launch()
+        try:
+            dst.set_caps(events=True, **LAZY)
+            dst.cmd("migrate-incoming", uri=f"file:{fs.path}", exit_on_error=False)
+            info = wait_status(dst, ("postcopy-active", "completed", "failed"))
+            assert info["status"] == "postcopy-active", info
+            r = dst.qmp("migrate_cancel")
+            assert "only while it is paused" in r["error"]["desc"], r
+            assert dst.cmd("query-migrate")["status"] == "postcopy-active"
+            fs.ops.delay = 0
+            info = wait_status(dst, ("completed", "failed"), timeout=600)
+            assert info["status"] == "completed", info
             assert dst.wait_full_pass() == 0
             dst.check_no_corruption()
         finally:
