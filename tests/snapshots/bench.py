@@ -110,6 +110,7 @@ def restore_file(qemu, workdir, ram_mb, wl_mb, path, caps, extra=None):
         t0 = time.time()
         g.cmd("migrate-incoming", uri=f"file:{path}", exit_on_error=False)
         done = None
+        done_mark = None
         running = None
         deadline = time.monotonic() + 3600
         while time.monotonic() < deadline and (done is None or running is None):
@@ -119,6 +120,8 @@ def restore_file(qemu, workdir, ram_mb, wl_mb, path, caps, extra=None):
                     done = done or ev
                 if ev["event"] == "RESUME":
                     running = running or ev
+            if done and done_mark is None:
+                done_mark = g.console_mark()
             if done and done["data"]["status"] == "failed":
                 break
             if not g.vm.is_running():
@@ -129,6 +132,8 @@ def restore_file(qemu, workdir, ram_mb, wl_mb, path, caps, extra=None):
                 ev = None
             if ev:
                 log.events.append(ev)
+                if ev["event"] == "MIGRATION" and ev["data"]["status"] == "completed":
+                    done_mark = g.console_mark()
         if not done or done["data"]["status"] != "completed" or not running:
             log_text = g.vm.get_log() if not g.vm.is_running() else ""
             info = g.qmp("query-migrate").get("return", {}) if g.vm.is_running() else {}
@@ -146,15 +151,20 @@ def restore_file(qemu, workdir, ram_mb, wl_mb, path, caps, extra=None):
             dist = info.get("postcopy-latency-dist") or []
             extra["lazy_fault_p50_us"] = percentile_us(dist, 0.50)
             extra["lazy_fault_p99_us"] = percentile_us(dist, 0.99)
-            # workload speed: progress lines while filling vs. after
+            # workload speed: progress lines (every 100 ms) while filling,
+            # without the first one, which began before the snapshot,
+            # against those after the fill
             text = g.console()
-            rates = [float(r) for r in re.findall(r"WL PROGRESS .* rate=(\d+)", text)]
+            if done_mark is None:
+                done_mark = len(text)
+            rates = [float(r) for r in
+                     re.findall(r"WL PROGRESS .* rate=(\d+)", text[:done_mark])][1:]
         errors = g.wait_full_pass(timeout=3600)
         if errors:
             raise RuntimeError(f"restored guest found {errors} corrupt pages")
         if extra is not None:
             after = [float(r) for r in
-                     re.findall(r"WL PROGRESS .* rate=(\d+)", g.console())][len(rates):]
+                     re.findall(r"WL PROGRESS .* rate=(\d+)", g.console()[done_mark:])]
             if rates and after:
                 extra["lazy_wl_speed"] = (sum(rates) / len(rates)) / (sum(after) / len(after))
         return event_time(running) - t0, event_time(done) - t0
@@ -166,7 +176,8 @@ def run_one(qemu, size_gb, workdir, res):
     ram_mb = size_gb * 1024
     wl_mb = ram_mb * 3 // 4
     disk = os.path.join(workdir, "disk.qcow2")
-    g = Guest(workdir, ram_mb=ram_mb, wl_mb=wl_mb, disk=disk, qemu=qemu)
+    g = Guest(workdir, ram_mb=ram_mb, wl_mb=wl_mb, disk=disk, qemu=qemu,
+              wl_report_ms=100)
     g.launch()
     try:
         g.wait_ready(timeout=3600)

@@ -68,12 +68,13 @@ class Guest:
 
     ram_mb: guest RAM; wl_mb: memory the workload fills and keeps rewriting;
     wl_rate: page rewrites per second (0: as fast as it can).
+    wl_report_ms: how often the workload prints its progress.
     disk: path of a qcow2 image attached as block node "disk0" (created if
     missing), or None.
     """
 
     def __init__(self, workdir, name="vm", ram_mb=512, wl_mb=64, seed=1,
-                 wl_rate=0, disk=None, qemu=None, extra_args=(),
+                 wl_rate=0, wl_report_ms=1000, disk=None, qemu=None, extra_args=(),
                  incoming=None, paused=False, machine="pc"):
         self.workdir = workdir
         self.name = name
@@ -90,7 +91,7 @@ class Guest:
             "-m", str(ram_mb), "-smp", "1", "-nodefaults",
             "-kernel", KERNEL, "-initrd", INITRD,
             "-append", f"console=ttyS0 panic=-1 quiet wl.mb={wl_mb} wl.seed={seed} "
-                       f"wl.rate={wl_rate}",
+                       f"wl.rate={wl_rate} wl.report={wl_report_ms}",
             "-serial", f"file:{self.console_path}",
             "-no-reboot",
         ]

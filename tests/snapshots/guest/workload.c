@@ -9,7 +9,9 @@
  * itself.  The generation table lives in guest RAM too, so it is saved and
  * restored with the pages it describes.
  *
- * Usage: workload MB SEED RATE   (RATE: page rewrites per second, 0 = max)
+ * Usage: workload MB SEED RATE [REPORT_MS]
+ *   RATE: page rewrites per second, 0 = max
+ *   REPORT_MS: how often to print WL PROGRESS (default 1000)
  *
  * Console lines (parsed by the test harness):
  *   WL FILL pct=P
@@ -97,13 +99,14 @@ static uint64_t gcd(uint64_t a, uint64_t b)
 
 int main(int argc, char **argv)
 {
-    if (argc != 4) {
-        fprintf(stderr, "usage: workload MB SEED RATE\n");
+    if (argc != 4 && argc != 5) {
+        fprintf(stderr, "usage: workload MB SEED RATE [REPORT_MS]\n");
         return 2;
     }
     uint64_t mb = strtoull(argv[1], NULL, 0);
     seed = strtoull(argv[2], NULL, 0);
     double rate = strtod(argv[3], NULL);
+    double report = argc == 5 ? strtod(argv[4], NULL) / 1000 : 1.0;
     uint64_t npages = mb * 1024 * 1024 / PAGE;
 
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -157,7 +160,7 @@ int main(int argc, char **argv)
                         t = now();
                     }
                 }
-                if (t - t_report >= 1.0) {
+                if (t - t_report >= report) {
                     printf("WL PROGRESS pass=%lu rewrites=%lu errors=%lu "
                            "rate=%.0f\n", pass, rewrites,
                            errors + pass_errors,
