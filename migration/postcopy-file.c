@@ -42,6 +42,11 @@
 
 /* Prefetch reads this much of the file at a time (at least a host page). */
 #define PREFETCH_CHUNK (1 * MiB)
+/*
+ * and places at most this much with one ioctl: a vCPU that faults on a
+ * page of the run waits for all of it.
+ */
+#define PREFETCH_RUN (32 * KiB)
 
 typedef struct PostcopyFileBlock {
     RAMBlock *rb;
@@ -290,13 +295,13 @@ static void *postcopy_file_prefetch_thread(void *opaque)
     PostcopyFile *pf = mis->postcopy_file;
     size_t bufsize = MAX(PREFETCH_CHUNK, mis->largest_page_size);
     uint8_t *buf = qemu_memalign(qemu_real_host_page_size(), bufsize);
-
     rcu_register_thread();
     for (int i = 0; i < pf->nblocks && !qatomic_read(&pf->failed); i++) {
         PostcopyFileBlock *b = &pf->blocks[i];
         RAMBlock *rb = b->rb;
         size_t psize = qemu_ram_pagesize(rb);
         size_t chunk = QEMU_ALIGN_DOWN(bufsize, psize);
+        long max_run = MAX(PREFETCH_RUN / psize, 1);
         uint64_t nchunks = DIV_ROUND_UP(rb->used_length, chunk);
 
         for (uint64_t c = arg->idx; c < nchunks; c += pf->nthreads) {
@@ -327,7 +332,7 @@ static void *postcopy_file_prefetch_thread(void *opaque)
                     continue;
                 }
                 data = have_data && pf_page_has_data(rb, p);
-                for (q = p + 1; q < hp_end; q++) {
+                for (q = p + 1; q < MIN(hp_end, p + max_run); q++) {
                     if ((have_data && pf_page_has_data(rb, q)) != data ||
                         !pf_claim(b, q)) {
                         break;
