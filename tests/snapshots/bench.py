@@ -213,6 +213,9 @@ def run_one(qemu, size_gb, workdir, res):
                 res[f"{key}_error"] = str(e)
                 continue
             g.wait_progress()
+            # The source is not needed while its file is restored: stop
+            # it, so that it does not take a CPU from the restore
+            g.cmd("stop")
             restore_caps = {"mapped_ram": True} if "mapped_ram" in caps else {}
             try:
                 (res[f"{key}_restore_running"],
@@ -229,6 +232,7 @@ def run_one(qemu, size_gb, workdir, res):
                           "postcopy_blocktime": True}, extra=res)
                 except Exception as e:  # pylint: disable=broad-except
                     res["lazy_restore_error"] = str(e)[:300]
+            g.cmd("cont")
             os.unlink(path)
     finally:
         g.shutdown()
