@@ -5,6 +5,8 @@
  * hypervisor exit per page, which a lazily loaded TCG guest pays as it
  * first touches each page.  Not part of make check:
  *   gcc -O2 -o first_touch first_touch.c && ./first_touch
+ *
+ * SPDX-License-Identifier: GPL-2.0-or-later
  */
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
@@ -17,23 +19,103 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
-#define N 65536
-static double now(void){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t.tv_sec+t.tv_nsec/1e9;}
-static double touch(volatile char *m){double t=now();uint64_t s=0;for(long i=0;i<N;i++)s+=m[i*4096L+64];double d=now()-t;if(s==42)puts("");return d;}
-int main(void){
-  size_t len=(size_t)N*4096;
-  char *src=aligned_alloc(4096,1<<20); memset(src,1,1<<20);
-  /* user-space written */
-  char *a=mmap(0,len,PROT_READ|PROT_WRITE,MAP_PRIVATE|MAP_ANONYMOUS,-1,0);
-  madvise(a,len,MADV_NOHUGEPAGE);
-  double t=now(); for(long i=0;i<N;i+=256) memcpy(a+i*4096L,src,1<<20); double wa=now()-t;
-  /* uffd placed */
-  int uffd=syscall(SYS_userfaultfd,O_CLOEXEC); struct uffdio_api api={.api=UFFD_API}; ioctl(uffd,UFFDIO_API,&api);
-  char *b=mmap(0,len,PROT_READ|PROT_WRITE,MAP_PRIVATE|MAP_ANONYMOUS,-1,0);
-  madvise(b,len,MADV_NOHUGEPAGE);
-  struct uffdio_register r={.range={(uintptr_t)b,len},.mode=UFFDIO_REGISTER_MODE_MISSING}; ioctl(uffd,UFFDIO_REGISTER,&r);
-  t=now(); for(long i=0;i<N;i+=256){struct uffdio_copy c={.dst=(uintptr_t)(b+i*4096L),.src=(uintptr_t)src,.len=1<<20}; if(ioctl(uffd,UFFDIO_COPY,&c)){perror("copy");return 1;}} double wb=now()-t;
-  printf("place 256 MiB: memcpy %.0f ms (%.2f GB/s), UFFDIO_COPY 1 MiB runs %.0f ms (%.2f GB/s)\n",wa*1e3,len/wa/1e9,wb*1e3,len/wb/1e9);
-  printf("first read of each page: memcpy-written %.3f us/page, UFFDIO_COPY-placed %.3f us/page\n",touch(a)/N*1e6,touch(b)/N*1e6);
-  printf("second read:             memcpy-written %.3f us/page, UFFDIO_COPY-placed %.3f us/page\n",touch(a)/N*1e6,touch(b)/N*1e6);
-  return 0;}
+
+#define PAGE 4096L
+#define NPAGES 65536L
+#define RUN (1L << 20)
+
+static double now(void)
+{
+    struct timespec t;
+
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + t.tv_nsec / 1e9;
+}
+
+/* Seconds to read one byte of every page */
+static double touch(volatile char *mem)
+{
+    double t = now();
+    uint64_t sum = 0;
+
+    for (long i = 0; i < NPAGES; i++) {
+        sum += mem[i * PAGE + 64];
+    }
+    t = now() - t;
+    if (sum == 42) {
+        puts("");               /* keep the loads */
+    }
+    return t;
+}
+
+static char *anon(size_t len)
+{
+    char *mem = mmap(NULL, len, PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+    if (mem == MAP_FAILED) {
+        perror("mmap");
+        exit(1);
+    }
+    /* As on a postcopy destination: small pages only */
+    madvise(mem, len, MADV_NOHUGEPAGE);
+    return mem;
+}
+
+int main(void)
+{
+    size_t len = NPAGES * PAGE;
+    char *src = aligned_alloc(PAGE, RUN);
+    struct uffdio_api api = { .api = UFFD_API };
+    char *written, *placed;
+    double tw, tp;
+    int uffd;
+
+    memset(src, 1, RUN);
+
+    written = anon(len);
+    tw = now();
+    for (long i = 0; i < NPAGES; i += RUN / PAGE) {
+        memcpy(written + i * PAGE, src, RUN);
+    }
+    tw = now() - tw;
+
+    uffd = syscall(SYS_userfaultfd, O_CLOEXEC);
+    if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api)) {
+        perror("userfaultfd");
+        return 1;
+    }
+    placed = anon(len);
+    struct uffdio_register reg = {
+        .range = { (uintptr_t)placed, len },
+        .mode = UFFDIO_REGISTER_MODE_MISSING,
+    };
+    if (ioctl(uffd, UFFDIO_REGISTER, &reg)) {
+        perror("UFFDIO_REGISTER");
+        return 1;
+    }
+    tp = now();
+    for (long i = 0; i < NPAGES; i += RUN / PAGE) {
+        struct uffdio_copy copy = {
+            .dst = (uintptr_t)(placed + i * PAGE),
+            .src = (uintptr_t)src,
+            .len = RUN,
+        };
+        if (ioctl(uffd, UFFDIO_COPY, &copy)) {
+            perror("UFFDIO_COPY");
+            return 1;
+        }
+    }
+    tp = now() - tp;
+
+    printf("fill %ld MiB: memcpy %.0f ms (%.2f GB/s), "
+           "UFFDIO_COPY of 1 MiB runs %.0f ms (%.2f GB/s)\n",
+           len >> 20, tw * 1e3, len / tw / 1e9, tp * 1e3, len / tp / 1e9);
+    printf("first read of each page:  memcpy-written %.3f us, "
+           "UFFDIO_COPY-placed %.3f us\n",
+           touch(written) / NPAGES * 1e6, touch(placed) / NPAGES * 1e6);
+    printf("second read of each page: memcpy-written %.3f us, "
+           "UFFDIO_COPY-placed %.3f us\n",
+           touch(written) / NPAGES * 1e6, touch(placed) / NPAGES * 1e6);
+    return 0;
+}
