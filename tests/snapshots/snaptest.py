@@ -130,6 +130,18 @@ class Guest:
     def qmp(self, name, **args):
         return self.vm.qmp(name, **args)
 
+    def cmd_oob(self, name, **args):
+        """
+        Run NAME out-of-band: it does not wait for the main loop, which a
+        TCG vCPU waiting for a postcopy page can hold.
+        """
+        self._oob_id = getattr(self, "_oob_id", 0) + 1
+        r = self.vm._qmp.cmd_obj({"exec-oob": name, "arguments": args,  # pylint: disable=protected-access
+                                  "id": f"oob-{self._oob_id}"})
+        if "error" in r:
+            raise GuestError(f"{name}: {r['error']['desc']}")
+        return r["return"]
+
     def status(self):
         return self.cmd("query-status")["status"]
 
