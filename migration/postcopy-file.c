@@ -20,7 +20,6 @@
 #include "qemu/bitops.h"
 #include "qemu/error-report.h"
 #include "qemu/main-loop.h"
-#include "system/runstate.h"
 #include "qemu/memalign.h"
 #include "qemu/rcu.h"
 #include "qemu/units.h"
@@ -30,6 +29,7 @@
 #include "monitor/monitor.h"
 #include "io/channel-file.h"
 #include "system/ramblock.h"
+#include "system/runstate.h"
 #include "exec/target_page.h"
 #include "migration.h"
 #include "migration-stats.h"
@@ -295,6 +295,7 @@ static void *postcopy_file_prefetch_thread(void *opaque)
     PostcopyFile *pf = mis->postcopy_file;
     size_t bufsize = MAX(PREFETCH_CHUNK, mis->largest_page_size);
     uint8_t *buf = qemu_memalign(qemu_real_host_page_size(), bufsize);
+
     rcu_register_thread();
     for (int i = 0; i < pf->nblocks && !qatomic_read(&pf->failed); i++) {
         PostcopyFileBlock *b = &pf->blocks[i];

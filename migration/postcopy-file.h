@@ -61,7 +61,7 @@ bool postcopy_file_recover(MigrationIncomingState *mis, const char *uri,
                            Error **errp);
 
 /*
- * migrate-cancel on the destination while the load is paused: give up.
+ * migrate_cancel on the destination while the load is paused: give up.
  * The load fails, and QEMU exits unless migrate-incoming was told not to
  * (exit-on-error=false); then the guest stays where it waits for pages.
  * Returns false with @errp set if the load is not paused.

@@ -132,8 +132,6 @@ def restore_file(qemu, workdir, ram_mb, wl_mb, path, caps, extra=None):
                 ev = None
             if ev:
                 log.events.append(ev)
-                if ev["event"] == "MIGRATION" and ev["data"]["status"] == "completed":
-                    done_mark = g.console_mark()
         if not done or done["data"]["status"] != "completed" or not running:
             log_text = g.vm.get_log() if not g.vm.is_running() else ""
             info = g.qmp("query-migrate").get("return", {}) if g.vm.is_running() else {}
