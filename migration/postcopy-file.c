@@ -74,6 +74,11 @@ struct PostcopyFile {
     uint64_t bytes_read;
     bool failed;
     bool fault_thread_paused;   /* waits in postcopy_pause_fault_thread() */
+    /*
+     * Taken by migrate-recover and migrate_cancel, which may run at once,
+     * one in-band and one out-of-band.
+     */
+    QemuMutex recover_lock;
     QemuEvent all_done;         /* set when host_pages_done hits the total */
 };
 
@@ -509,6 +514,7 @@ int postcopy_file_prepare(MigrationIncomingState *mis, QEMUFile *f,
     pf->nthreads = migrate_postcopy_file_threads();
     pf->prefetch = g_new0(QemuThread, pf->nthreads);
     qemu_event_init(&pf->all_done, pf->host_pages_done == pf->host_pages_total);
+    qemu_mutex_init(&pf->recover_lock);
     mis->postcopy_file = pf;
 
     /* What ADVISE and LISTEN do for a network postcopy */
@@ -567,16 +573,44 @@ bool postcopy_file_start(MigrationIncomingState *mis, Error **errp)
     return true;
 }
 
+/* Say what is lost as QEMU exits with a load paused or given up */
+static void pf_report_exit(MigrationIncomingState *mis)
+{
+    MigrationState *s = migrate_get_current();
+    PostcopyFile *pf = mis->postcopy_file;
+
+    WITH_QEMU_LOCK_GUARD(&s->error_mutex) {
+        error_report("postcopy from file: exiting with %" PRIu64 " of %"
+                     PRIu64 " host pages not loaded%s%s",
+                     pf->host_pages_total - qatomic_read(&pf->host_pages_done),
+                     pf->host_pages_total, s->error ? ": " : "",
+                     s->error ? error_get_pretty(s->error) : "");
+    }
+}
+
 static void postcopy_file_give_up_bh(void *opaque)
 {
     qemu_system_shutdown_request_with_code(SHUTDOWN_CAUSE_HOST_ERROR,
                                            EXIT_FAILURE);
 }
 
+/*
+ * Runs in the monitor's I/O thread after an out-of-band migrate_cancel
+ * was answered.  The main loop may be blocked for good (see
+ * postcopy_file_cancel()), so exit from here, and with _exit(): exit()
+ * would run the exit notifiers, which take the BQL.
+ */
+static void postcopy_file_give_up_oob_bh(void *opaque)
+{
+    pf_report_exit(migration_incoming_get_current());
+    _exit(EXIT_FAILURE);
+}
+
 bool postcopy_file_cancel(MigrationIncomingState *mis, Error **errp)
 {
     PostcopyFile *pf = mis->postcopy_file;
 
+    QEMU_LOCK_GUARD(&pf->recover_lock);
     if (mis->state != MIGRATION_STATUS_POSTCOPY_PAUSED) {
         error_setg(errp, "postcopy from file: the load can be cancelled "
                    "only while it is paused; now it is %s",
@@ -586,17 +620,30 @@ bool postcopy_file_cancel(MigrationIncomingState *mis, Error **errp)
     migrate_set_state(&mis->state, MIGRATION_STATUS_POSTCOPY_PAUSED,
                       MIGRATION_STATUS_FAILED);
     trace_postcopy_file_cancel(qatomic_read(&pf->host_pages_done),
-                               pf->host_pages_total);
+                               pf->host_pages_total, !bql_locked());
+    if (!mis->exit_on_error) {
+        return true;
+    }
     /*
      * Unlike a failed eager load, nothing is torn down: unregistering
      * userfaultfd would let vCPUs that wait for a page run on an empty
-     * one.  Exit as a network postcopy does when it cannot go on, through
-     * postcopy_file_shutdown().  Ask for it from the monitor's context,
-     * so that the reply to this command goes out first.
+     * one.  Exit as a network postcopy does when it cannot go on.  Ask
+     * for it from the monitor's context, so that the reply to this
+     * command goes out first.
+     *
+     * In-band, the main loop runs, and postcopy_file_shutdown() exits
+     * once qemu_cleanup() has flushed the monitors.  Out-of-band, it may
+     * not: under TCG a vCPU can wait for a missing page while it holds
+     * the BQL, and so can a monitor command that reads guest RAM.  Then
+     * nothing that needs the main loop ever runs again, so exit from the
+     * monitor's I/O thread, where this command runs.
      */
-    if (mis->exit_on_error) {
+    if (bql_locked()) {
         aio_bh_schedule_oneshot(iohandler_get_aio_context(),
                                 postcopy_file_give_up_bh, NULL);
+    } else {
+        aio_bh_schedule_oneshot(qemu_get_current_aio_context(),
+                                postcopy_file_give_up_oob_bh, NULL);
     }
     return true;
 }
@@ -604,11 +651,10 @@ bool postcopy_file_cancel(MigrationIncomingState *mis, Error **errp)
 void postcopy_file_shutdown(void)
 {
     MigrationIncomingState *mis = migration_incoming_get_current();
-    MigrationState *s = migrate_get_current();
-    PostcopyFile *pf = mis->postcopy_file;
 
-    if (!pf || (mis->state != MIGRATION_STATUS_POSTCOPY_PAUSED &&
-                mis->state != MIGRATION_STATUS_FAILED)) {
+    if (!mis->postcopy_file ||
+        (mis->state != MIGRATION_STATUS_POSTCOPY_PAUSED &&
+         mis->state != MIGRATION_STATUS_FAILED)) {
         return;
     }
     /*
@@ -617,13 +663,7 @@ void postcopy_file_shutdown(void)
      * disk images are left as after a crash, which they survive, and the
      * migration file is only ever read.
      */
-    WITH_QEMU_LOCK_GUARD(&s->error_mutex) {
-        error_report("postcopy from file: exiting with %" PRIu64 " of %"
-                     PRIu64 " host pages not loaded%s%s",
-                     pf->host_pages_total - qatomic_read(&pf->host_pages_done),
-                     pf->host_pages_total, s->error ? ": " : "",
-                     s->error ? error_get_pretty(s->error) : "");
-    }
+    pf_report_exit(mis);
     /* Send what the monitors owe, such as the reply to quit */
     monitor_cleanup();
     exit(mis->state == MIGRATION_STATUS_FAILED ? EXIT_FAILURE : EXIT_SUCCESS);
@@ -649,6 +689,7 @@ void postcopy_file_cleanup(MigrationIncomingState *mis)
     g_ptr_array_free(pf->old_paths, true);
     g_free(pf->path);
     qemu_event_destroy(&pf->all_done);
+    qemu_mutex_destroy(&pf->recover_lock);
     g_free(pf);
     mis->postcopy_file = NULL;
 }
@@ -662,6 +703,13 @@ bool postcopy_file_recover(MigrationIncomingState *mis, const char *uri,
     const char *path;
     struct stat st;
 
+    QEMU_LOCK_GUARD(&pf->recover_lock);
+    if (mis->state != MIGRATION_STATUS_POSTCOPY_PAUSED) {
+        /* given up by migrate_cancel meanwhile */
+        error_setg(errp, "postcopy from file: the load is %s, not paused",
+                   MigrationStatus_str(mis->state));
+        return false;
+    }
     if (!migrate_uri_parse(uri, &channel, errp)) {
         return false;
     }

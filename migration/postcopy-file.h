@@ -64,7 +64,8 @@ bool postcopy_file_recover(MigrationIncomingState *mis, const char *uri,
  * migrate_cancel on the destination while the load is paused: give up.
  * The load fails, and QEMU exits unless migrate-incoming was told not to
  * (exit-on-error=false); then the guest stays where it waits for pages.
- * Returns false with @errp set if the load is not paused.
+ * Returns false with @errp set if the load is not paused.  Safe without
+ * the BQL, for migrate_cancel out-of-band.
  */
 bool postcopy_file_cancel(MigrationIncomingState *mis, Error **errp);
 

@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.join(TREE, "python"))
 
 # pylint: disable=wrong-import-position
 from qemu.machine import QEMUMachine  # noqa: E402
+from qemu.qmp.legacy import QEMUMonitorProtocol  # noqa: E402,F401
 
 QEMU = os.environ.get("QIS_QEMU", os.path.join(TREE, "build", "qemu-system-x86_64"))
 QEMU_IMG = os.environ.get("QIS_QEMU_IMG", os.path.join(TREE, "build", "qemu-img"))

@@ -6,12 +6,13 @@ refused without changing anything.
 
 import os
 import signal
+import threading
 import time
 
 import pytest
 
 from faultyfs import FaultyMount
-from snaptest import Guest, file_sha256
+from snaptest import Guest, GuestError, QEMUMonitorProtocol, file_sha256
 
 RAM_MB = 256
 WL_MB = 128
@@ -207,17 +208,21 @@ def ram_index(path, idstr=b"pc.ram"):
     return used, bitmap_offset, pages_offset, bitmap
 
 
-def full_mib(bitmap):
-    """Offset in the block of the first 1 MiB whose pages are all in the file."""
-    for mib in range(len(bitmap) // 32):
+def full_mib(bitmap, start=0):
+    """
+    Offset in the block of the first 1 MiB at or after START whose pages
+    are all in the file.
+    """
+    for mib in range(start >> 20, len(bitmap) // 32):
         if bitmap[mib * 32:(mib + 1) * 32] == b"\xff" * 32:
             return mib << 20
     raise AssertionError("no fully written MiB in the file")
 
 
-def start_lazy(workdir, path, exit_on_error=False):
+def start_lazy(workdir, path, exit_on_error=False, **guest_args):
     """A new QEMU loading PATH lazily; returns it once migrate-incoming ran."""
-    dst = Guest(workdir, name="dst", ram_mb=RAM_MB, wl_mb=WL_MB, incoming="defer")
+    dst = Guest(workdir, name="dst", ram_mb=RAM_MB, wl_mb=WL_MB, incoming="defer",
+                **guest_args)
     dst.launch()
     try:
         dst.set_caps(events=True, **LAZY)
@@ -290,7 +295,8 @@ def test_read_error_pauses_then_recovers(workdir, snapfile, kind):
             dst.shutdown()
 
 
-def start_paused_on_eio(workdir, fs, snapfile, exit_on_error, bad=None):
+def start_paused_on_eio(workdir, fs, snapfile, exit_on_error, bad=None,
+                        **guest_args):
     """
     Start a lazy load of FS.path whose reads fail over the byte range BAD
     (default: one MiB of pc.ram), and wait until it pauses.
@@ -300,7 +306,7 @@ def start_paused_on_eio(workdir, fs, snapfile, exit_on_error, bad=None):
         start = pages_offset + full_mib(bitmap)
         bad = (start, start + (1 << 20))
     fs.ops.error = bad
-    dst = start_lazy(workdir, fs.path, exit_on_error)
+    dst = start_lazy(workdir, fs.path, exit_on_error, **guest_args)
     info = wait_status(dst, ("postcopy-paused", "completed", "failed"))
     assert info["status"] == "postcopy-paused", info
     return dst, info
@@ -410,3 +416,137 @@ def test_cancel_refused_while_filling(workdir, snapfile):
             dst.check_no_corruption()
         finally:
             dst.shutdown()
+
+
+class InBandCommand(threading.Thread):
+    """
+    Run one in-band command on a second QMP monitor, in a thread of its
+    own, so that the test goes on while the command waits for the main
+    loop.  .result is its return value, .error what it raised.
+    """
+
+    def __init__(self, sock, name, **args):
+        super().__init__(daemon=True)
+        self.sock = sock
+        self.name = name
+        self.args = args
+        self.result = None
+        self.error = None
+
+    def run(self):
+        try:
+            mon = QEMUMonitorProtocol(self.sock)
+            mon.connect()
+            try:
+                self.result = mon.cmd(self.name, **self.args)
+            finally:
+                mon.close()
+        except Exception as e:  # pylint: disable=broad-except
+            self.error = e
+
+
+def block_main_loop_on_missing_page(workdir, fs, snapfile, exit_on_error):
+    """
+    Start a lazy load, paused (-S) so that the guest leaves RAM as the
+    file has it, whose reads of one MiB of pc.ram fail, and wait until it
+    pauses.  Then have the main loop wait for a missing page while it
+    holds the BQL, as a TCG vCPU does when it faults during interrupt
+    delivery: pmemsave of that MiB, in-band on a second monitor.  Returns
+    (dst, the pmemsave thread, guest-physical address, dump path).
+    """
+    _, _, pages_offset, bitmap = ram_index(snapfile)
+    # above the first MiB, which has the VGA window and option ROMs
+    gpa = full_mib(bitmap, start=16 << 20)
+    sock = os.path.join(workdir, "mon2.sock")
+    dst, _ = start_paused_on_eio(
+        workdir, fs, snapfile, exit_on_error,
+        bad=(pages_offset + gpa, pages_offset + gpa + (1 << 20)), paused=True,
+        extra_args=["-chardev", f"socket,id=mon2,path={sock},server=on,wait=off",
+                    "-mon", "chardev=mon2,mode=control"])
+    dump = os.path.join(workdir, "mib.dump")
+    cmd = InBandCommand(sock, "pmemsave", val=gpa, size=1 << 20, filename=dump)
+    cmd.start()
+    cmd.join(timeout=3)
+    assert cmd.is_alive(), f"pmemsave of missing pages returned: {cmd.result} {cmd.error}"
+    return dst, cmd, gpa, dump
+
+
+def test_oob_cancel_gives_up_with_main_loop_blocked(workdir, snapfile):
+    """
+    The main loop waits for a page the file cannot give, holding the BQL,
+    so nothing in-band runs any more.  migrate_cancel out-of-band still
+    gives up: it answers, and QEMU exits with an error that says how much
+    was not loaded; the file is unchanged.
+    """
+    before = file_sha256(snapfile)
+    mnt = os.path.join(workdir, "mnt")
+    os.mkdir(mnt)
+    with FaultyMount(snapfile, mnt, "snap.mig") as fs:
+        dst, cmd, _, _ = block_main_loop_on_missing_page(workdir, fs, snapfile,
+                                                         exit_on_error=True)
+        try:
+            assert dst.cmd_oob("migrate_cancel") == {}
+            dst.vm.wait(timeout=60)
+            assert dst.vm.exitcode() == 1
+            cmd.join(timeout=30)
+            assert cmd.result is None and cmd.error is not None, \
+                "pmemsave of pages never loaded succeeded"
+        finally:
+            dst.shutdown()
+        log = dst.vm.get_log() or ""
+        assert "host pages not loaded" in log and fs.path in log, log
+        assert "WL " not in dst.console(), "the guest ran"
+    assert file_sha256(snapfile) == before
+
+
+def test_oob_recover_with_main_loop_blocked(workdir, snapfile):
+    """
+    As above, but the file reads again: migrate-recover out-of-band
+    resumes the load, the main loop's read of the missing MiB completes
+    with exactly the bytes the file holds there, and the guest, once
+    started, verifies every page.
+    """
+    _, _, pages_offset, _ = ram_index(snapfile)
+    mnt = os.path.join(workdir, "mnt")
+    os.mkdir(mnt)
+    with FaultyMount(snapfile, mnt, "snap.mig") as fs:
+        dst, cmd, gpa, dump = block_main_loop_on_missing_page(
+            workdir, fs, snapfile, exit_on_error=False)
+        try:
+            fs.ops.error = None
+            assert dst.cmd_oob("migrate-recover", uri=f"file:{fs.path}") == {}
+            cmd.join(timeout=120)
+            assert not cmd.is_alive() and cmd.error is None, cmd.error
+            assert cmd.result == {}
+            with open(snapfile, "rb") as f:
+                f.seek(pages_offset + gpa)
+                want = f.read(1 << 20)
+            with open(dump, "rb") as f:
+                assert f.read() == want, "the MiB read after recovery differs from the file"
+            info = wait_status(dst, ("completed", "failed"), timeout=600)
+            assert info["status"] == "completed", info
+            dst.cmd("cont")
+            assert dst.wait_full_pass() == 0
+            dst.check_no_corruption()
+        finally:
+            dst.shutdown()
+
+
+def test_oob_cancel_refused_for_other_migrations(workdir):
+    """
+    Out-of-band, migrate_cancel only gives up a postcopy from file: any
+    other cancel needs the BQL, so it is refused with an error that says
+    to send it in-band, and the migration goes on.
+    """
+    path = os.path.join(workdir, "slow.mig")
+    with Guest(workdir, name="src", ram_mb=RAM_MB, wl_mb=WL_MB) as src:
+        src.wait_ready()
+        src.cmd("migrate-set-parameters", max_bandwidth=16 << 20)
+        src.cmd("migrate", uri=f"file:{path}")
+        wait_status(src, ("active",))
+        with pytest.raises(GuestError, match="in-band"):
+            src.cmd_oob("migrate_cancel")
+        assert src.cmd("query-migrate")["status"] == "active"
+        src.cmd("migrate_cancel")
+        status, _ = src.wait_migration(timeout=60)
+        assert status == "cancelled"
