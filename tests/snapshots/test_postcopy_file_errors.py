@@ -392,11 +392,11 @@ def test_read_error_while_device_state_loads(workdir, snapfile):
         assert fs.ops.failed_reads > 0
 
 
-def test_cancel_refused_while_filling(workdir, snapfile):
+def test_cancel_and_pause_refused_while_filling(workdir, snapfile):
     """
-    migrate_cancel while the load fills normally is refused (the guest runs
-    on it) and changes nothing: the load then completes and the workload
-    verifies every page.
+    migrate_cancel and migrate-pause while the load fills normally are
+    refused (the guest runs on it; a file has no stream to cut) and change
+    nothing: the load then completes and the workload verifies every page.
     """
     mnt = os.path.join(workdir, "mnt")
     os.mkdir(mnt)
@@ -408,6 +408,11 @@ def test_cancel_refused_while_filling(workdir, snapfile):
             assert info["status"] == "postcopy-active", info
             r = dst.qmp("migrate_cancel")
             assert "only while it is paused" in r["error"]["desc"], r
+            assert dst.cmd("query-migrate")["status"] == "postcopy-active"
+            r = dst.qmp("migrate-pause")
+            assert "cannot pause a postcopy from a file" in r["error"]["desc"], r
+            with pytest.raises(GuestError, match="cannot pause a postcopy from a file"):
+                dst.cmd_oob("migrate-pause")
             assert dst.cmd("query-migrate")["status"] == "postcopy-active"
             fs.ops.delay = 0
             info = wait_status(dst, ("completed", "failed"), timeout=600)
