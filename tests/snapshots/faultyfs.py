@@ -1,7 +1,8 @@
 """
-A FUSE file system with one read-only file whose reads fail with EIO over
-a chosen byte range, to inject real I/O errors into QEMU's reads of a
-migration file (the kernel here has no device-mapper error target).
+A FUSE file system with one file whose reads (or, if writable, writes)
+fail with EIO over a chosen byte range, to inject real I/O errors into
+QEMU's reads and writes of a migration file (the kernel here has no
+device-mapper error target), and whose I/O can be slowed down.
 """
 
 import errno
@@ -18,15 +19,19 @@ class FaultyFile(Operations):
     """
     /NAME mirrors BACKING; reads overlapping self.error fail with EIO, or
     with self.short, return only the bytes before the range (a short read).
+    If WRITABLE, writes go to BACKING, and those overlapping self.error
+    fail with EIO.
     """
 
-    def __init__(self, backing, name):
+    def __init__(self, backing, name, writable=False):
         self.name = "/" + name
-        self.fd = os.open(backing, os.O_RDONLY)
+        self.writable = writable
+        self.fd = os.open(backing, os.O_RDWR if writable else os.O_RDONLY)
         self.error = None           # (start, end) byte range, or None
         self.short = False          # True: end reads there short, not EIO
         self.delay = 0.0            # seconds every read takes, to slow a load
         self.failed_reads = 0
+        self.failed_writes = 0
 
     def getattr(self, path, fh=None):
         if path == "/":
@@ -34,7 +39,8 @@ class FaultyFile(Operations):
         if path != self.name:
             raise FuseOSError(errno.ENOENT)
         st = os.fstat(self.fd)
-        return {"st_mode": stat.S_IFREG | 0o444, "st_nlink": 1,
+        mode = 0o644 if self.writable else 0o444
+        return {"st_mode": stat.S_IFREG | mode, "st_nlink": 1,
                 "st_size": st.st_size, "st_mtime": st.st_mtime,
                 "st_ctime": st.st_ctime, "st_atime": st.st_atime}
 
@@ -44,9 +50,23 @@ class FaultyFile(Operations):
     def open(self, path, flags):
         if path != self.name:
             raise FuseOSError(errno.ENOENT)
-        if flags & (os.O_WRONLY | os.O_RDWR):
+        if flags & (os.O_WRONLY | os.O_RDWR) and not self.writable:
             raise FuseOSError(errno.EROFS)
         return 0
+
+    def write(self, path, data, offset, fh):
+        if self.delay:
+            time.sleep(self.delay)
+        err = self.error
+        if err and offset < err[1] and offset + len(data) > err[0]:
+            self.failed_writes += 1
+            raise FuseOSError(errno.EIO)
+        return os.pwrite(self.fd, data, offset)
+
+    def truncate(self, path, length, fh=None):
+        if not self.writable:
+            raise FuseOSError(errno.EROFS)
+        os.ftruncate(self.fd, length)
 
     def read(self, path, size, offset, fh):
         if self.delay:
@@ -63,10 +83,10 @@ class FaultyFile(Operations):
 
 
 class FaultyMount:
-    """Context manager: mount FaultyFile(BACKING, NAME) on MOUNTPOINT."""
+    """Context manager: mount FaultyFile(BACKING, NAME, WRITABLE) on MOUNTPOINT."""
 
-    def __init__(self, backing, mountpoint, name="file"):
-        self.ops = FaultyFile(backing, name)
+    def __init__(self, backing, mountpoint, name="file", writable=False):
+        self.ops = FaultyFile(backing, name, writable)
         self.mountpoint = mountpoint
         self.path = os.path.join(mountpoint, name)
         self.thread = None
@@ -74,7 +94,7 @@ class FaultyMount:
     def __enter__(self):
         self.thread = threading.Thread(
             target=FUSE, args=(self.ops, self.mountpoint),
-            kwargs={"foreground": True, "direct_io": True, "ro": True},
+            kwargs={"foreground": True, "direct_io": True, "ro": not self.ops.writable},
             daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 10

@@ -4,8 +4,10 @@ before the guest starts, the file is left as it was, and bad QMP input is
 refused without changing anything.
 """
 
+import contextlib
 import os
 import signal
+import subprocess
 import threading
 import time
 
@@ -150,6 +152,79 @@ def test_partial_file_from_killed_source(workdir):
     finally:
         src.shutdown()
     refused_before_start(workdir, path)
+
+
+@contextlib.contextmanager
+def save_target(workdir, how):
+    """
+    Where a failing save writes: (path to migrate to, path of the file).
+    enospc: a tmpfs too small for the file; eio: a FUSE view whose writes
+    fail from 16 MiB on; cancel: a FUSE view whose writes are slow.
+    """
+    backing = os.path.join(workdir, "snap.mig")
+    if how == "enospc":
+        small = os.path.join(workdir, "small")
+        os.mkdir(small)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={WL_MB // 2}m",
+                        "qis-small", small], check=True)
+        try:
+            path = os.path.join(small, "snap.mig")
+            yield path, path
+        finally:
+            subprocess.run(["umount", "-l", small], check=False)
+        return
+    open(backing, "wb").close()
+    mnt = os.path.join(workdir, "mnt")
+    os.mkdir(mnt)
+    with FaultyMount(backing, mnt, "snap.mig", writable=True) as fs:
+        if how == "eio":
+            fs.ops.error = (16 << 20, 1 << 62)
+        else:
+            fs.ops.delay = 0.01
+        yield fs.path, backing
+        if how == "eio":
+            assert fs.ops.failed_writes > 0
+
+
+@pytest.mark.parametrize("how", ["enospc", "eio", "cancel"])
+def test_background_save_fails_guest_runs_on(workdir, how):
+    """
+    A background snapshot with mapped-ram that fails midway: the file
+    system is full (a real ENOSPC from a small tmpfs), a write fails with
+    EIO, or migrate_cancel.  The saving guest runs on with every page
+    intact (write protection is gone, its workload verifies a full pass),
+    a snapshot file saved before beside it is untouched, and the partial
+    file is refused by a lazy load.
+    """
+    with save_target(workdir, how) as (path, backing):
+        older = os.path.join(os.path.dirname(backing), "older.mig")
+        with open(older, "wb") as f:
+            f.write(os.urandom(1 << 20))
+        older_sum = file_sha256(older)
+        src = Guest(workdir, name="src", ram_mb=RAM_MB, wl_mb=WL_MB)
+        src.launch()
+        try:
+            src.wait_ready()
+            src.wait_progress()
+            src.set_caps(background_snapshot=True, mapped_ram=True)
+            src.cmd("migrate", uri=f"file:{path}")
+            if how == "cancel":
+                time.sleep(2)
+                assert src.cmd("query-migrate")["status"] == "active"
+                src.cmd("migrate_cancel")
+            status, info = src.wait_migration(timeout=300)
+            want = {"enospc": ("failed", "No space left on device"),
+                    "eio": ("failed", "Input/output error"),
+                    "cancel": ("cancelled", "")}[how]
+            assert status == want[0], info
+            assert want[1] in info.get("error-desc", ""), info
+            assert src.status() == "running"
+            assert src.wait_full_pass() == 0
+            src.check_no_corruption()
+        finally:
+            src.shutdown()
+        assert file_sha256(older) == older_sum
+        refused_before_start(workdir, backing)
 
 
 def test_missing_file(workdir):
