@@ -11,7 +11,7 @@ STOCK := $(BUILD_DIR)/stock
 GUEST := $(BUILD_DIR)/guest
 GUEST_SRC := $(wildcard tests/snapshots/guest/*)
 
-.PHONY: all build stock guest check demo bench export-patches clean distclean help
+.PHONY: all build stock guest check demo bench bench-threads export-patches clean distclean help
 all: build
 
 help:
@@ -19,6 +19,7 @@ help:
 	@echo "make check      build, then run our tests and the upstream gate"
 	@echo "make demo       build, boot the guest, snapshot, revert, print timings"
 	@echo "make bench      build stock and ours, compare them (slow)"
+	@echo "make bench-threads   lazy loads with 1, 2 and 4 prefetch threads (slow)"
 	@echo "make export-patches   turn commits in $(TREE) back into patches/"
 
 config.mk:
@@ -48,11 +49,15 @@ bench: build stock guest
 	QIS_BUILD_DIR=$(abspath $(BUILD_DIR)) /usr/bin/python3 tests/snapshots/bench.py \
 	    --out $(BUILD_DIR)/bench $(BENCH_ARGS)
 
+bench-threads: build guest
+	QIS_BUILD_DIR=$(abspath $(BUILD_DIR)) /usr/bin/python3 tests/snapshots/bench_prefetch_threads.py \
+	    --out $(BUILD_DIR)/bench-threads $(BENCH_ARGS)
+
 export-patches: config.mk
 	build-aux/export-patches.sh $(TREE)
 
 clean:
-	rm -rf $(BUILD_DIR)/check $(BUILD_DIR)/bench $(BUILD_DIR)/guest
+	rm -rf $(BUILD_DIR)/check $(BUILD_DIR)/bench $(BUILD_DIR)/bench-threads $(BUILD_DIR)/guest
 
 distclean:
 	rm -rf $(BUILD_DIR) config.mk

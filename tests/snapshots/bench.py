@@ -95,11 +95,12 @@ def percentile_us(dist, q):
     return None
 
 
-def restore_file(qemu, workdir, ram_mb, wl_mb, path, caps, extra=None):
+def restore_file(qemu, workdir, ram_mb, wl_mb, path, caps, extra=None, params=None):
     """
-    Start a new QEMU and load PATH; time until running and until
-    completion.  With EXTRA (a dict), also record fill throughput, fault
-    latency and the workload's speed during the fill (lazy loads).
+    Start a new QEMU and load PATH with capabilities CAPS and migration
+    parameters PARAMS; time until running and until completion.  With
+    EXTRA (a dict), also record fill throughput, fault latency and the
+    workload's speed during the fill (lazy loads).
     """
     g = Guest(workdir, name="restore", ram_mb=ram_mb, wl_mb=wl_mb, qemu=qemu,
               incoming="defer")
@@ -107,6 +108,8 @@ def restore_file(qemu, workdir, ram_mb, wl_mb, path, caps, extra=None):
     try:
         log = EventLog(g)
         g.set_caps(events=True, **caps)
+        if params:
+            g.cmd("migrate-set-parameters", **params)
         t0 = time.time()
         g.cmd("migrate-incoming", uri=f"file:{path}", exit_on_error=False)
         done = None
