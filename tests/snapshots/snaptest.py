@@ -72,11 +72,13 @@ class Guest:
     wl_report_ms: how often the workload prints its progress.
     disk: path of a qcow2 image attached as block node "disk0" (created if
     missing), or None.
+    accel: tcg or kvm (default: $ACCEL).  kernel: False boots no kernel:
+    the firmware finds no boot device and idles (no workload runs).
     """
 
     def __init__(self, workdir, name="vm", ram_mb=512, wl_mb=64, seed=1,
                  wl_rate=0, wl_report_ms=1000, disk=None, qemu=None, extra_args=(),
-                 incoming=None, paused=False, machine="pc"):
+                 incoming=None, paused=False, machine="pc", accel=None, kernel=True):
         self.workdir = workdir
         self.name = name
         self.ram_mb = ram_mb
@@ -87,15 +89,19 @@ class Guest:
         self.disk = disk
         if disk and not os.path.exists(disk):
             create_qcow2(disk)
+        accel = accel or ACCEL
         args = [
-            "-machine", machine, "-accel", ACCEL, "-cpu", "max" if ACCEL == "tcg" else "host",
+            "-machine", machine, "-accel", accel, "-cpu", "max" if accel == "tcg" else "host",
             "-m", str(ram_mb), "-smp", "1", "-nodefaults",
-            "-kernel", KERNEL, "-initrd", INITRD,
-            "-append", f"console=ttyS0 panic=-1 quiet wl.mb={wl_mb} wl.seed={seed} "
-                       f"wl.rate={wl_rate} wl.report={wl_report_ms}",
             "-serial", f"file:{self.console_path}",
             "-no-reboot",
         ]
+        if kernel:
+            args += ["-kernel", KERNEL, "-initrd", INITRD,
+                     "-append", f"console=ttyS0 panic=-1 quiet wl.mb={wl_mb} wl.seed={seed} "
+                                f"wl.rate={wl_rate} wl.report={wl_report_ms}"]
+        else:
+            args += ["-boot", "reboot-timeout=-1"]
         if disk:
             args += ["-blockdev", f"driver=file,filename={disk},node-name=file0",
                      "-blockdev", "driver=qcow2,file=file0,node-name=disk0"]
