@@ -29,7 +29,7 @@ class FaultyFile(Operations):
         self.fd = os.open(backing, os.O_RDWR if writable else os.O_RDONLY)
         self.error = None           # (start, end) byte range, or None
         self.short = False          # True: end reads there short, not EIO
-        self.delay = 0.0            # seconds every read takes, to slow a load
+        self.delay = 0.0            # seconds every read or write takes
         self.failed_reads = 0
         self.failed_writes = 0
 
