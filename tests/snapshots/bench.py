@@ -30,7 +30,9 @@ from measure import EventLog, event_time, wait_job
 import snaptest
 from snaptest import Guest
 
-STOCK_QEMU = os.path.join(snaptest.BUILD, "stock", "build", "qemu-system-x86_64")
+STOCK_QEMU = snaptest.STOCK_QEMU
+# A lazy load (postcopy from file) with fault latencies reported
+LAZY_CAPS = {"mapped_ram": True, "postcopy_ram": True, "postcopy_blocktime": True}
 
 METRICS = [
     ("save_paused", "snapshot-save: guest stopped", "s"),
@@ -228,9 +230,7 @@ def run_one(qemu, size_gb, workdir, res):
                 try:
                     (res["lazy_restore_running"],
                      res["lazy_restore_total"]) = restore_file(
-                         qemu, workdir, ram_mb, wl_mb, path,
-                         {"mapped_ram": True, "postcopy_ram": True,
-                          "postcopy_blocktime": True}, extra=res)
+                         qemu, workdir, ram_mb, wl_mb, path, LAZY_CAPS, extra=res)
                 except Exception as e:  # pylint: disable=broad-except
                     res["lazy_restore_error"] = str(e)[:300]
             g.cmd("cont")

@@ -21,11 +21,9 @@ import tempfile
 import time
 import traceback
 
-from bench import LAZY_EXTRA, restore_file
+from bench import LAZY_CAPS, LAZY_EXTRA, restore_file
 import snaptest
-from snaptest import Guest
-
-LAZY = {"postcopy_ram": True, "mapped_ram": True, "postcopy_blocktime": True}
+from snaptest import save_to_file
 
 
 def run_size(size_gb, threads, reps, runs):
@@ -34,16 +32,13 @@ def run_size(size_gb, threads, reps, runs):
     workdir = tempfile.mkdtemp(prefix=f"qis-bench-threads-{size_gb}-", dir="/var/tmp")
     try:
         path = os.path.join(workdir, "snap.mig")
-        with Guest(workdir, name="src", ram_mb=ram_mb, wl_mb=wl_mb,
-                   wl_report_ms=100) as src:
-            src.wait_ready(timeout=3600)
-            src.wait_progress()
-            src.migrate_to_file(path, background_snapshot=True, mapped_ram=True)
+        save_to_file(workdir, path, ram_mb, wl_mb, wl_report_ms=100, ready_timeout=3600,
+                     **snaptest.SAVE_CAPS["bg"])
         for rep in range(reps):
             for n in threads:
                 extra = {}
                 running, done = restore_file(snaptest.QEMU, workdir, ram_mb, wl_mb, path,
-                                             LAZY, extra, {"postcopy_file_threads": n})
+                                             LAZY_CAPS, extra, {"postcopy_file_threads": n})
                 run = {"size": size_gb, "threads": n, "rep": rep,
                        "running_s": running, "done_s": done, **extra}
                 runs.append(run)

@@ -35,8 +35,17 @@ QEMU_IMG = os.environ.get("QIS_QEMU_IMG", os.path.join(TREE, "build", "qemu-img"
 KERNEL = os.path.join(BUILD, "guest", "vmlinuz")
 INITRD = os.path.join(BUILD, "guest", "initramfs.cpio.gz")
 ACCEL = os.environ.get("ACCEL", "tcg")
+# The unpatched 10.2.2 tree that make check and make bench build beside ours
+STOCK_QEMU = os.path.join(BUILD, "stock", "build", "qemu-system-x86_64")
 
 PAGE = 4096
+
+# Capabilities of each way to write a mapped-ram file that a lazy load reads
+SAVE_CAPS = {
+    "precopy": {"mapped_ram": True},
+    "multifd": {"mapped_ram": True, "multifd": True},
+    "bg": {"background_snapshot": True, "mapped_ram": True},
+}
 
 
 class GuestError(Exception):
@@ -280,14 +289,17 @@ class Guest:
         return err
 
 
-def save_to_file(workdir, path, ram_mb, wl_mb, stop_first=False, **caps):
+def save_to_file(workdir, path, ram_mb, wl_mb, stop_first=False, wl_report_ms=1000,
+                 ready_timeout=600, **caps):
     """
-    Boot a guest whose workload fills WL_MB, let it run, and migrate it to
-    file:PATH with CAPS.  With STOP_FIRST, stop it and dump its RAM first
-    (the snapshot point); return (dump path, sha256), else (None, None).
+    Boot a guest whose workload fills WL_MB (reporting its progress every
+    WL_REPORT_MS), let it run, and migrate it to file:PATH with CAPS.
+    With STOP_FIRST, stop it and dump its RAM first (the snapshot point);
+    return (dump path, sha256), else (None, None).
     """
-    with Guest(workdir, name="src", ram_mb=ram_mb, wl_mb=wl_mb) as src:
-        src.wait_ready()
+    with Guest(workdir, name="src", ram_mb=ram_mb, wl_mb=wl_mb,
+               wl_report_ms=wl_report_ms) as src:
+        src.wait_ready(timeout=ready_timeout)
         src.wait_progress()
         dump = digest = None
         if stop_first:

@@ -9,17 +9,11 @@ import time
 
 import pytest
 
-from snaptest import Guest, differing_pages, save_to_file
+from snaptest import SAVE_CAPS, Guest, differing_pages, save_to_file
 
 RAM_MB = int(os.environ.get("QIS_TEST_RAM_MB", "512"))
 WL_MB = RAM_MB * 3 // 4 - 64
 LAZY = {"postcopy_ram": True, "mapped_ram": True}
-
-SAVE_CAPS = {
-    "precopy": {"mapped_ram": True},
-    "multifd": {"mapped_ram": True, "multifd": True},
-    "bg": {"background_snapshot": True, "mapped_ram": True},
-}
 
 
 def lazy_dst(workdir, paused, name="dst"):

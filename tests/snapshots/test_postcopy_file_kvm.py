@@ -15,8 +15,7 @@ import time
 
 import pytest
 
-import snaptest
-from snaptest import Guest, PAGE, differing_pages
+from snaptest import Guest, PAGE, SAVE_CAPS, STOCK_QEMU, differing_pages
 
 pytestmark = pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK),
                                 reason="needs /dev/kvm")
@@ -25,7 +24,6 @@ RAM_MB = 256
 BLOB_ADDR = 16 << 20
 BLOB_SIZE = 64 << 20
 LAZY = {"postcopy_ram": True, "mapped_ram": True}
-STOCK_QEMU = os.path.join(snaptest.BUILD, "stock", "build", "qemu-system-x86_64")
 
 
 def kvm_guest(workdir, blob, name, **args):
@@ -49,13 +47,6 @@ def wait_firmware_idle(workdir, name, timeout=120):
                     return
         time.sleep(0.1)
     raise AssertionError("the firmware did not reach 'No bootable device'")
-
-
-SAVE_CAPS = {
-    "precopy": {"mapped_ram": True},
-    "multifd": {"mapped_ram": True, "multifd": True},
-    "bg": {"background_snapshot": True, "mapped_ram": True},
-}
 
 
 def save_kvm(workdir, stop_first, kind="bg"):

@@ -10,11 +10,9 @@ import os
 
 import pytest
 
-import snaptest
-from snaptest import Guest, differing_pages, save_to_file
+from snaptest import STOCK_QEMU, Guest, differing_pages, save_to_file
 
 SIZES = [int(s) for s in os.environ.get("QIS_REVERT_SIZES_MB", "1024,2048").split(",")]
-STOCK_QEMU = os.path.join(snaptest.BUILD, "stock", "build", "qemu-system-x86_64")
 BG_MAPPED_RAM = {"background_snapshot": True, "mapped_ram": True}
 LOADERS = {
     "lazy": (None, {"postcopy_ram": True, "mapped_ram": True}),
