@@ -11,12 +11,13 @@ STOCK := $(BUILD_DIR)/stock
 GUEST := $(BUILD_DIR)/guest
 GUEST_SRC := $(wildcard tests/snapshots/guest/*)
 
-.PHONY: all build stock guest check demo bench bench-threads export-patches clean distclean help
+.PHONY: all build stock guest check check-series demo bench bench-threads export-patches clean distclean help
 all: build
 
 help:
 	@echo "make            assemble and build the patched QEMU in $(TREE)"
 	@echo "make check      build, then run our tests and the upstream gate"
+	@echo "make check-series   build every step of patches/series in turn (slow)"
 	@echo "make demo       build, boot the guest, snapshot, revert, print timings"
 	@echo "make bench      build stock and ours, compare them (slow)"
 	@echo "make bench-threads   lazy loads with 1, 2 and 4 prefetch threads (slow)"
@@ -42,6 +43,10 @@ stock: config.mk
 check: build stock guest
 	build-aux/check.sh $(BUILD_DIR) $(PYTEST_ARGS)
 
+# Every patch must build at its point in the series (git bisect, posting).
+check-series: build
+	build-aux/check-series.sh $(BUILD_DIR)
+
 demo: build guest
 	QIS_BUILD_DIR=$(abspath $(BUILD_DIR)) /usr/bin/python3 tests/snapshots/demo.py
 
@@ -57,7 +62,7 @@ export-patches: config.mk
 	build-aux/export-patches.sh $(TREE)
 
 clean:
-	rm -rf $(BUILD_DIR)/check $(BUILD_DIR)/bench $(BUILD_DIR)/bench-threads $(BUILD_DIR)/guest
+	rm -rf $(BUILD_DIR)/check $(BUILD_DIR)/series $(BUILD_DIR)/series.log $(BUILD_DIR)/bench $(BUILD_DIR)/bench-threads $(BUILD_DIR)/guest
 
 distclean:
 	rm -rf $(BUILD_DIR) config.mk

@@ -66,3 +66,27 @@ diff --git a/migration/savevm.c b/migration/savevm.c
     assert proc.returncode != 0
     assert "patch 0001-stale.patch does not apply" in proc.stderr, proc.stderr
     assert "migration/savevm.c" in proc.stderr, proc.stderr
+
+
+def test_qemu_file_outside_the_series_is_refused(workdir):
+    """
+    A QEMU source file beside the series (the old overlay model) would be a
+    fork that no patch carries: make names it and refuses, before it
+    touches the tree.
+    """
+    top = os.path.join(workdir, "repo")
+    shutil.copytree(os.path.join(snaptest.TOP, "build-aux"), os.path.join(top, "build-aux"))
+    shutil.copytree(os.path.join(snaptest.TOP, "patches"), os.path.join(top, "patches"))
+    shutil.copy(os.path.join(snaptest.TOP, "VERSION"), top)
+    os.makedirs(os.path.join(top, "migration"))
+    with open(os.path.join(top, "migration", "stray.c"), "w", encoding="utf-8") as f:
+        f.write("/* not in any patch */\n")
+    tree = os.path.join(workdir, "tree")
+    proc = subprocess.run([os.path.join(top, "build-aux", "assemble.sh"), "ours", tree],
+                          env=dict(os.environ, QIS_CACHE=CACHE),
+                          capture_output=True, text=True, check=False, timeout=600)
+    assert proc.returncode != 0
+    assert "new QEMU files enter the tree through a patch" in proc.stderr, proc.stderr
+    assert "migration/stray.c" in proc.stderr, proc.stderr
+    # refused before any patch was applied to the tree
+    assert not os.path.exists(os.path.join(tree, "migration", "postcopy-file.c"))
