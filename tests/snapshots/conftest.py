@@ -35,3 +35,23 @@ def pytest_report_header(config):
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "gate: upstream's own tests run against our build")
+
+
+@pytest.fixture(autouse=True)
+def no_qemu_left_behind():
+    """
+    A test must end every QEMU it launched (with blocks or shutdown()):
+    one still running afterwards is shut down, and the test fails.
+    """
+    before = set(snaptest.LIVE_GUESTS)
+    yield
+    left = [g for g in snaptest.LIVE_GUESTS if g not in before]
+    errors = []
+    for g in left:
+        try:
+            g.shutdown()
+        except snaptest.ShutdownError as e:
+            errors.append(str(e))
+    if left:
+        pytest.fail(f"the test left QEMU running: {', '.join(g.name for g in left)}"
+                    + "".join("\n" + e for e in errors), pytrace=False)

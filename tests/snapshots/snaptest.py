@@ -6,6 +6,13 @@ the workload from guest/workload.c) under QEMU's own python library
 (qemu.machine / qemu.qmp from the assembled tree), and offers helpers for
 snapshot jobs, console parsing and RAM dumps.
 
+A test fails when its QEMU ends otherwise than by quitting with code 0
+when asked to at the end: killed by a signal (a crash), exited by itself
+or with an error code, or hung on the way out (it is then killed).  The
+error names the exit status and shows QEMU's log and the console's tail.
+A test that means QEMU to end otherwise says so first: Guest.kill(),
+Guest.expect_exit(code) or Guest.wait_exit(code).
+
 Environment:
   QIS_BUILD_DIR   build directory of the project (default: <repo>/build)
   QIS_QEMU        qemu-system-x86_64 to test (default: our build)
@@ -13,10 +20,12 @@ Environment:
   ACCEL           tcg (default) or kvm
 """
 
+import contextlib
 import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -46,10 +55,74 @@ SAVE_CAPS = {
     "multifd": {"mapped_ram": True, "multifd": True},
     "bg": {"background_snapshot": True, "mapped_ram": True},
 }
+# Capabilities of a destination that loads such a file lazily (postcopy
+# from file)
+LAZY_CAPS = {"postcopy_ram": True, "mapped_ram": True}
+# Statuses at which a migration has ended
+MIGRATION_END = ("completed", "failed", "cancelled")
+
+# Guests launched and not yet shut down (conftest fails a test that
+# leaves one behind)
+LIVE_GUESTS = set()
 
 
 class GuestError(Exception):
     pass
+
+
+class ShutdownError(GuestError):
+    """QEMU did not end as the test expected: it died by a signal, exited
+    by itself or with an error code, or hung when asked to quit."""
+
+
+def caps_arg(caps):
+    """The capabilities argument of migrate-set-capabilities for CAPS (_ for -)."""
+    return [{"capability": k.replace("_", "-"), "state": v} for k, v in caps.items()]
+
+
+def wait_until(cond, timeout, what, interval=0.05):
+    """
+    Poll COND until it returns something true, and return that; raise
+    GuestError naming WHAT after TIMEOUT seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise GuestError(f"timeout ({timeout} s) waiting for {what}")
+        time.sleep(interval)
+
+
+def exit_status(code):
+    """An exit code of subprocess, in words."""
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name} (exit code {code})"
+    return f"exit code {code}"
+
+
+def exception_chain(exc):
+    """EXC and the exceptions it was raised from or while handling."""
+    chain = []
+    while exc is not None and len(chain) < 10:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return chain
+
+
+def tail(text, chars=3000):
+    """The end of TEXT, at most CHARS characters of it."""
+    text = (text or "").rstrip()
+    if not text:
+        return "(empty)"
+    return text if len(text) <= chars else "[...]\n" + text[-chars:]
 
 
 def qemu_img(*args):
@@ -90,6 +163,9 @@ class Guest:
                  incoming=None, paused=False, machine="pc", accel=None, kernel=True):
         self.workdir = workdir
         self.name = name
+        self._launched = False
+        self._ended = False
+        self._expected_exit = None      # see expect_exit()
         self.ram_mb = ram_mb
         self.wl_mb = wl_mb
         self.console_path = os.path.join(workdir, f"{name}-console.log")
@@ -124,21 +200,160 @@ class Guest:
                               qmp_timer=600)
 
     # -- life cycle --------------------------------------------------------
+    # A Guest ends once: shutdown(), wait_exit() or kill().  Any end other
+    # than "QEMU quit with code 0 when asked to" raises ShutdownError,
+    # unless the test said beforehand that it wants it (expect_exit(),
+    # or kill()).
+
     def launch(self):
         self.vm.launch()
+        self._launched = True
+        LIVE_GUESTS.add(self)
         return self
 
-    def shutdown(self):
+    def expect_exit(self, code):
+        """
+        QEMU is meant to end with exit code CODE (negative: killed by
+        signal -CODE): by itself, or when asked to quit.  Without this,
+        shutdown() fails unless QEMU quits with 0 when asked to.
+        """
+        self._expected_exit = code
+
+    def shutdown(self, timeout=30):
+        """
+        Ask QEMU to quit (or reap it, if it has already exited) and check
+        how it ended.  A QEMU that has not exited within TIMEOUT seconds of
+        the quit (the command's reply and then the exit each get TIMEOUT)
+        is killed.  Raises ShutdownError, with QEMU's exit status, its log
+        and the console's tail, if QEMU hung, died by a signal, exited by
+        itself or exited with an error code, and that was not expected.
+        Does nothing if the Guest has already ended.
+        """
+        self._end(timeout, ask=True)
+
+    def wait_exit(self, code, timeout=60):
+        """
+        QEMU is to exit by itself now with exit code CODE: wait for it,
+        without asking it to quit.  Raises ShutdownError (and kills QEMU)
+        if it does not exit within TIMEOUT seconds, or ends otherwise.
+        """
+        self.expect_exit(code)
+        self._end(timeout, ask=False)
+
+    def kill(self, sig=signal.SIGKILL, timeout=30):
+        """
+        Kill QEMU with signal SIG on purpose (as a crash or a power cut
+        would) and wait until it is gone; its death by SIG is expected.
+        """
+        pid = self.vm.get_pid()
+        if pid is None:
+            raise GuestError(f"{self.name}: QEMU is not running, cannot kill it")
+        self.expect_exit(-sig)
+        os.kill(pid, sig)
+        self._end(timeout, ask=False)
+
+    def _end(self, timeout, ask):
+        if not self._launched or self._ended:
+            return
+        self._ended = True
+        LIVE_GUESTS.discard(self)
+        popen = self.vm._popen  # pylint: disable=protected-access
+        exited_before = popen.poll() is not None
+        start = time.monotonic()
+        error = None
         try:
-            self.vm.shutdown(timeout=30)
-        except Exception:  # pylint: disable=broad-except
-            self.vm.kill()
+            conn = self.vm._qmp_connection  # pylint: disable=protected-access
+            if conn is not None:
+                # bound the quit command too: by default it waits forever
+                conn.settimeout(timeout)
+            if ask and not exited_before:
+                self.vm.shutdown(timeout=timeout)
+            else:
+                self.vm.wait(timeout=timeout)
+        except Exception as e:  # pylint: disable=broad-except
+            error = e
+        finally:
+            # Whatever happened above, leave no QEMU behind
+            if popen.poll() is None:
+                popen.kill()
+                try:
+                    popen.wait(timeout=60)
+                except subprocess.TimeoutExpired as e:
+                    error = e
+        elapsed = time.monotonic() - start
+        if popen.poll() is None:
+            problem = "QEMU is still there 60 s after SIGKILL (stuck in the kernel?)"
+        else:
+            problem = self._end_problem(error, exited_before, ask, timeout, elapsed)
+        if problem:
+            raise ShutdownError(self._end_report(problem, popen.pid, error)) from error
+
+    def _end_problem(self, error, exited_before, ask, timeout, elapsed):
+        """What is wrong with how QEMU ended, or None."""
+        code = self.vm.exitcode()
+        expected = self._expected_exit
+        causes = exception_chain(error)
+        if any(isinstance(c, (subprocess.TimeoutExpired, TimeoutError)) for c in causes):
+            how = "after it was asked to quit" if ask and not exited_before else \
+                "while the test waited for it to exit"
+            return (f"QEMU hung: it did not exit within {timeout} s {how} "
+                    f"({elapsed:.1f} s in all), so it was killed")
+        if expected is not None:
+            if code != expected:
+                return f"QEMU ended with {exit_status(code)}; the test expected {exit_status(expected)}"
+            return None
+        if code is not None and code < 0:
+            return f"QEMU died: {exit_status(code)}"
+        if exited_before:
+            return f"QEMU exited by itself before the test ended, with {exit_status(code)}"
+        if code != 0:
+            return f"QEMU exited with {exit_status(code)} when asked to quit"
+        if error is not None:
+            return "QEMU did not shut down gracefully"
+        return None
+
+    def _end_report(self, problem, pid, error):
+        lines = [f"{self.name} (pid {pid}): {problem}",
+                 f"exit status: {exit_status(self.vm.exitcode())}"]
+        if error is not None:
+            lines.append("QEMUMachine: " + " <- ".join(
+                f"{type(e).__name__}: {e}".strip() for e in exception_chain(error)))
+        lines += ["--- QEMU log (tail) ---", tail(self.qemu_log()),
+                  "--- console (tail) ---", tail(self.console())]
+        return "\n".join(lines)
+
+    @contextlib.contextmanager
+    def ended_on_error(self):
+        """
+        Shut QEMU down if the block raises, keeping the block's exception
+        (for helpers that hand a launched Guest to their caller).
+        """
+        try:
+            yield self
+        except BaseException as e:
+            self.__exit__(type(e), e, e.__traceback__)
+            raise
 
     def __enter__(self):
-        return self.launch()
+        """Launch QEMU, unless a helper already did; shut it down at the end."""
+        if not self._launched:
+            self.launch()
+        return self
 
-    def __exit__(self, *exc):
-        self.shutdown()
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None:
+            self.shutdown()
+            return False
+        # The block failed already: its exception is the one to report;
+        # say what went wrong at shutdown beside it
+        try:
+            self.shutdown()
+        except Exception as err:  # pylint: disable=broad-except
+            note = f"and then, at shutdown of {self.name}: {err}"
+            if hasattr(exc, "add_note"):
+                exc.add_note(note)
+            print(note, file=sys.stderr)
+        return False
 
     def cmd(self, name, **args):
         return self.vm.cmd(name, **args)
@@ -160,6 +375,18 @@ class Guest:
 
     def status(self):
         return self.cmd("query-status")["status"]
+
+    def qemu_log(self):
+        """What QEMU printed on stdout and stderr so far (also while it runs)."""
+        log = self.vm.get_log()
+        if log is not None:
+            return log
+        try:
+            with open(os.path.join(self.workdir, f"{self.name}.log"),
+                      encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
 
     # -- console -----------------------------------------------------------
     def console(self):
@@ -186,8 +413,9 @@ class Guest:
                 return m
             self.check_no_corruption(text)
             if not self.vm.is_running():
-                raise GuestError(f"QEMU exited while waiting for {pattern!r}:\n"
-                                 f"{self.vm.get_log()}\n{text[-2000:]}")
+                raise GuestError(f"QEMU exited ({exit_status(self.vm.exitcode())}) while "
+                                 f"waiting for {pattern!r}:\n"
+                                 f"{tail(self.qemu_log())}\n{text[-2000:]}")
             if time.monotonic() > deadline:
                 raise GuestError(f"timeout waiting for {pattern!r}; console tail:\n"
                                  f"{text[-2000:]}")
@@ -233,18 +461,51 @@ class Guest:
     # -- migration ---------------------------------------------------------
     def set_caps(self, **caps):
         """migrate-set-capabilities; keyword names use _ for -."""
-        self.cmd("migrate-set-capabilities", capabilities=[
-            {"capability": k.replace("_", "-"), "state": v} for k, v in caps.items()])
+        self.cmd("migrate-set-capabilities", capabilities=caps_arg(caps))
 
-    def wait_migration(self, timeout=1800):
-        """Wait for the migration to end; return (status, query-migrate)."""
+    def wait_migration(self, until=MIGRATION_END, timeout=1800, interval=0.05, each=None):
+        """
+        Poll query-migrate until its status is one of UNTIL (default: the
+        migration has ended); return (status, query-migrate).  EACH, if
+        given, is called with every query-migrate answer.
+        """
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        info = {}
+        while True:
+            if not self.vm.is_running():
+                raise GuestError(f"QEMU exited ({exit_status(self.vm.exitcode())}) while "
+                                 f"waiting for migration status {until}; last: {info}\n"
+                                 f"{tail(self.qemu_log())}")
             info = self.cmd("query-migrate")
-            if info.get("status") in ("completed", "failed", "cancelled"):
+            if each:
+                each(info)
+            if info.get("status") in until:
                 return info["status"], info
-            time.sleep(0.05)
-        raise GuestError("timeout waiting for the migration to end")
+            if time.monotonic() > deadline:
+                raise GuestError(f"timeout ({timeout} s) waiting for migration status "
+                                 f"{until}; last: {info}")
+            time.sleep(interval)
+
+    def exited_within(self, seconds):
+        """
+        QEMU's exit code if it exits within SECONDS, else None (it is
+        still running).  For checks that QEMU stays: see event_within.
+        """
+        try:
+            return self.vm._popen.wait(timeout=seconds)  # pylint: disable=protected-access
+        except subprocess.TimeoutExpired:
+            return None
+
+    def event_within(self, name, seconds, match=None):
+        """
+        The first QMP event NAME (matching MATCH) that comes within
+        SECONDS, or None.  For checks that something does NOT happen:
+        that can only be shown over a window of time.
+        """
+        try:
+            return self.vm.event_wait(name, timeout=seconds, match=match)
+        except TimeoutError:
+            return None
 
     def migrate_to_file(self, path, timeout=1800, **caps):
         """Migrate to file:PATH with CAPS set; return query-migrate at the end."""
@@ -283,6 +544,10 @@ class Guest:
                 raise GuestError(f"timeout waiting for job {job_id}")
             if ev["data"]["status"] == "concluded":
                 break
+        return self.dismiss_job(job_id)
+
+    def dismiss_job(self, job_id):
+        """Dismiss concluded job JOB_ID; return its error string or None."""
         jobs = [j for j in self.cmd("query-jobs") if j["id"] == job_id]
         err = jobs[0].get("error") if jobs else None
         self.cmd("job-dismiss", id=job_id)
