@@ -463,7 +463,7 @@ class Guest:
         """migrate-set-capabilities; keyword names use _ for -."""
         self.cmd("migrate-set-capabilities", capabilities=caps_arg(caps))
 
-    def wait_migration(self, until=MIGRATION_END, timeout=1800, interval=0.05, each=None):
+    def wait_migration(self, timeout=1800, until=MIGRATION_END, interval=0.05, each=None):
         """
         Poll query-migrate until its status is one of UNTIL (default: the
         migration has ended); return (status, query-migrate).  EACH, if
@@ -503,7 +503,8 @@ class Guest:
         that can only be shown over a window of time.
         """
         try:
-            return self.vm.event_wait(name, timeout=seconds, match=match)
+            # a float: the legacy QMP client waits forever for an int
+            return self.vm.event_wait(name, timeout=float(seconds), match=match)
         except TimeoutError:
             return None
 
@@ -538,7 +539,9 @@ class Guest:
     def wait_job(self, job_id, timeout=900):
         deadline = time.monotonic() + timeout
         while True:
-            ev = self.vm.event_wait("JOB_STATUS_CHANGE", timeout=max(1, deadline - time.monotonic()),
+            # a float: the legacy QMP client waits forever for an int
+            ev = self.vm.event_wait("JOB_STATUS_CHANGE",
+                                    timeout=max(1.0, deadline - time.monotonic()),
                                     match={"data": {"id": job_id}})
             if ev is None:
                 raise GuestError(f"timeout waiting for job {job_id}")

@@ -212,3 +212,12 @@ def test_expected_ends_pass(workdir):
     with pytest.raises(ShutdownError, match="ended with exit code 0; the test expected "
                                             "exit code 1"):
         g.shutdown()
+
+
+def test_event_within_gives_up_in_time(workdir):
+    """event_within() waits SECONDS for an event that does not come, not forever."""
+    with idle_guest(workdir) as g:
+        start = time.monotonic()
+        assert g.event_within("MIGRATION", 1) is None
+        assert time.monotonic() - start < 10
+        assert g.exited_within(1) is None
