@@ -13,7 +13,7 @@ PKGS="build-essential pkg-config git rsync xz-utils bzip2 cpio
  libaio-dev liburing-dev libzstd-dev
  python3-venv python3-pytest python3-matplotlib python3-yaml
  dpkg-dev ccache busybox-static seabios ipxe-qemu qemu-system-data
- socat perl python3-fusepy"
+ socat perl python3-fusepy gdb"
 # Packages that must come from bookworm-backports (meson >= 1.5).
 BPO_PKGS="meson python3-pycotap"
 

@@ -12,7 +12,7 @@ import subprocess
 import threading
 import time
 
-from fusepy import FUSE, FuseOSError, Operations  # python3-fusepy
+from fusepy import FUSE, FuseOSError, Operations, fuse_get_context  # python3-fusepy
 
 
 class FaultyFile(Operations):
@@ -21,6 +21,11 @@ class FaultyFile(Operations):
     with self.short, return only the bytes before the range (a short read).
     If WRITABLE, writes go to BACKING, and those overlapping self.error
     fail with EIO.
+
+    To widen a race deterministically: self.error_threads, if set, limits
+    the errors to reads by threads of those names (e.g. QEMU's
+    "mig/dst/fault"); reads overlapping self.block by any other thread
+    wait until unblock() (self.blocked counts the reads waiting now).
     """
 
     def __init__(self, backing, name, writable=False):
@@ -32,6 +37,26 @@ class FaultyFile(Operations):
         self.delay = 0.0            # seconds every read or write takes
         self.failed_reads = 0
         self.failed_writes = 0
+        self.error_threads = None   # names of the threads that see errors
+        self.block = None           # (start, end): reads there wait
+        self.blocked = 0
+        self._lock = threading.Lock()
+        self._released = threading.Event()
+
+    def unblock(self):
+        """Let every blocked read go on; nothing blocks any more."""
+        self.block = None
+        self._released.set()
+
+    @staticmethod
+    def _caller():
+        """Name of the thread that issued the current request."""
+        tid = fuse_get_context()[2]
+        try:
+            with open(f"/proc/{tid}/comm", encoding="utf-8") as f:
+                return f.read().strip()
+        except OSError:
+            return ""
 
     def getattr(self, path, fh=None):
         if path == "/":
@@ -72,7 +97,18 @@ class FaultyFile(Operations):
         if self.delay:
             time.sleep(self.delay)
         err = self.error
-        if err and offset < err[1] and offset + size > err[0]:
+        if err and self.error_threads and self._caller() not in self.error_threads:
+            err = None
+        if err and not (offset < err[1] and offset + size > err[0]):
+            err = None
+        blk = self.block
+        if blk and offset < blk[1] and offset + size > blk[0] and not err:
+            with self._lock:
+                self.blocked += 1
+            self._released.wait()
+            with self._lock:
+                self.blocked -= 1
+        if err:
             self.failed_reads += 1
             if self.short and offset < err[0]:
                 return os.pread(self.fd, err[0] - offset, offset)
