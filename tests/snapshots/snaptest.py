@@ -300,7 +300,8 @@ class Guest:
                     f"({elapsed:.1f} s in all), so it was killed")
         if expected is not None:
             if code != expected:
-                return f"QEMU ended with {exit_status(code)}; the test expected {exit_status(expected)}"
+                return (f"QEMU ended with {exit_status(code)}; "
+                        f"the test expected {exit_status(expected)}")
             return None
         if code is not None and code < 0:
             return f"QEMU died: {exit_status(code)}"

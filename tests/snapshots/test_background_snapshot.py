@@ -13,14 +13,14 @@ import re
 
 import pytest
 
-from snaptest import Guest, differing_pages, save_to_file
+from snaptest import SAVE_CAPS, Guest, differing_pages, save_to_file
 
 RAM_MB = int(os.environ.get("QIS_TEST_RAM_MB", "512"))
 WL_MB = RAM_MB * 3 // 4 - 64
 
 CAPS = {
     "bg": {"background_snapshot": True},
-    "bg+mapped-ram": {"background_snapshot": True, "mapped_ram": True},
+    "bg+mapped-ram": SAVE_CAPS["bg"],
 }
 
 
@@ -28,10 +28,10 @@ def restore(workdir, path, caps, wl_mb):
     """A new QEMU, started paused, loads PATH; returns the running Guest."""
     dst = Guest(workdir, name="dst", ram_mb=RAM_MB, wl_mb=wl_mb, incoming="defer",
                 paused=True)
-    dst.launch()
-    load_caps = {"mapped_ram": True} if caps.get("mapped_ram") else {}
-    status, info = dst.incoming_file(path, **load_caps)
-    assert status == "completed", info.get("error-desc")
+    with dst.launch().ended_on_error():
+        load_caps = {"mapped_ram": True} if caps.get("mapped_ram") else {}
+        status, info = dst.incoming_file(path, **load_caps)
+        assert status == "completed", info.get("error-desc")
     return dst
 
 
@@ -41,16 +41,13 @@ def test_restore_equals_snapshot_point(workdir, kind):
     path = os.path.join(workdir, "snap.mig")
     at_snapshot, want = save_to_file(workdir, path, RAM_MB, WL_MB, stop_first=True,
                                      **CAPS[kind])
-    dst = restore(workdir, path, CAPS[kind], WL_MB)
-    try:
+    with restore(workdir, path, CAPS[kind], WL_MB) as dst:
         after = os.path.join(workdir, "ram-dst")
         got = dst.dump_ram(after)
         assert got == want, f"RAM differs at pages {differing_pages(at_snapshot, after)}"
         dst.cmd("cont")
         assert dst.wait_full_pass() == 0
         dst.check_no_corruption()
-    finally:
-        dst.shutdown()
 
 
 @pytest.mark.parametrize("kind", CAPS)
@@ -73,10 +70,7 @@ def test_restore_while_guest_writes(workdir, kind):
         assert re.search(r"WL PROGRESS", during), \
             "the save finished before the guest reported any progress"
         src.check_no_corruption()
-    dst = restore(workdir, path, CAPS[kind], WL_MB)
-    try:
+    with restore(workdir, path, CAPS[kind], WL_MB) as dst:
         dst.cmd("cont")
         assert dst.wait_full_pass() == 0
         dst.check_no_corruption()
-    finally:
-        dst.shutdown()

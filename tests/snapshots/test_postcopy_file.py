@@ -5,22 +5,21 @@ its RAM is read; pages come in through userfaultfd faults and prefetch.
 """
 
 import os
-import time
 
 import pytest
 
-from snaptest import SAVE_CAPS, Guest, differing_pages, save_to_file
+from snaptest import (LAZY_CAPS, MIGRATION_END, SAVE_CAPS, Guest, caps_arg,
+                      differing_pages, save_to_file)
 
 RAM_MB = int(os.environ.get("QIS_TEST_RAM_MB", "512"))
 WL_MB = RAM_MB * 3 // 4 - 64
-LAZY = {"postcopy_ram": True, "mapped_ram": True}
 
 
 def lazy_dst(workdir, paused, name="dst"):
     dst = Guest(workdir, name=name, ram_mb=RAM_MB, wl_mb=WL_MB, incoming="defer",
                 paused=paused)
-    dst.launch()
-    dst.set_caps(**LAZY)
+    with dst.launch().ended_on_error():
+        dst.set_caps(**LAZY_CAPS)
     return dst
 
 
@@ -30,8 +29,7 @@ def test_lazy_load_equals_snapshot_point(workdir, kind):
     path = os.path.join(workdir, "snap.mig")
     at_snapshot, want = save_to_file(workdir, path, RAM_MB, WL_MB, stop_first=True,
                                      **SAVE_CAPS[kind])
-    dst = lazy_dst(workdir, paused=True)
-    try:
+    with lazy_dst(workdir, paused=True) as dst:
         dst.cmd("migrate-incoming", uri=f"file:{path}")
         _, info = dst.wait_migration()
         assert info["status"] == "completed", info
@@ -42,8 +40,6 @@ def test_lazy_load_equals_snapshot_point(workdir, kind):
         after = os.path.join(workdir, "ram-dst")
         got = dst.dump_ram(after)
         assert got == want, f"RAM differs at pages {differing_pages(at_snapshot, after)}"
-    finally:
-        dst.shutdown()
 
 
 def test_lazy_load_guest_runs_during_fill(workdir):
@@ -53,21 +49,18 @@ def test_lazy_load_guest_runs_during_fill(workdir):
     """
     path = os.path.join(workdir, "snap.mig")
     save_to_file(workdir, path, RAM_MB, WL_MB, **SAVE_CAPS["bg"])
-    dst = lazy_dst(workdir, paused=False)
-    try:
+    with lazy_dst(workdir, paused=False) as dst:
         dst.set_caps(events=True)
         dst.cmd("migrate-set-parameters", postcopy_file_threads=4)
         dst.cmd("migrate-incoming", uri=f"file:{path}")
-        seen_active = False
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            info = dst.cmd("query-migrate")
+        seen_active = []
+
+        def running_while_active(info):
             if info["status"] == "postcopy-active":
-                seen_active = True
+                seen_active.append(True)
                 assert dst.status() == "running"
-            if info["status"] in ("completed", "failed"):
-                break
-            time.sleep(0.01)
+        _, info = dst.wait_migration(until=MIGRATION_END, timeout=600, interval=0.01,
+                                     each=running_while_active)
         assert info["status"] == "completed", info
         events = [e["data"]["status"] for e in dst.vm.get_qmp_events(wait=False)
                   if e["event"] == "MIGRATION"]
@@ -75,17 +68,13 @@ def test_lazy_load_guest_runs_during_fill(workdir):
         assert dst.status() == "running"
         assert dst.wait_full_pass() == 0
         dst.check_no_corruption()
-        print("seen postcopy-active by polling:", seen_active, info.get("postcopy-file"))
-    finally:
-        dst.shutdown()
+        print("seen postcopy-active by polling:", bool(seen_active), info.get("postcopy-file"))
 
 
 def test_source_still_rejects_mapped_ram_with_postcopy(workdir):
     """On a source (not incoming), mapped-ram + postcopy-ram stays refused."""
     with Guest(workdir, ram_mb=128, wl_mb=16) as g:
-        r = g.qmp("migrate-set-capabilities", capabilities=[
-            {"capability": "postcopy-ram", "state": True},
-            {"capability": "mapped-ram", "state": True}])
+        r = g.qmp("migrate-set-capabilities", capabilities=caps_arg(LAZY_CAPS))
         assert "error" in r
         assert "incompatible with postcopy" in r["error"]["desc"]
 
@@ -113,7 +102,7 @@ def test_lazy_load_uri_forms(workdir, form):
         src.wait_progress()
         src.cmd("stop")
         want = src.dump_ram(os.path.join(workdir, "ram-src"))
-        src.set_caps(mapped_ram=True, background_snapshot=True)
+        src.set_caps(**SAVE_CAPS["bg"])
         src.cmd("migrate", uri=uri)
         status, info = src.wait_migration()
         assert status == "completed", info
@@ -124,15 +113,14 @@ def test_lazy_load_uri_forms(workdir, form):
         fd = os.open(path, os.O_RDONLY)
         dst.vm.add_fd(fd, 1, "snapshot")
         uri = f"file:/dev/fdset/1,offset={offset}"
-    dst.launch()
     try:
-        dst.set_caps(**LAZY)
-        dst.cmd("migrate-incoming", uri=uri)
-        _, info = dst.wait_migration()
-        assert info["status"] == "completed", info
-        assert info["postcopy-file"]["pages-prefetched"] > 0
-        assert dst.dump_ram(os.path.join(workdir, "ram-dst")) == want
+        with dst:
+            dst.set_caps(**LAZY_CAPS)
+            dst.cmd("migrate-incoming", uri=uri)
+            _, info = dst.wait_migration()
+            assert info["status"] == "completed", info
+            assert info["postcopy-file"]["pages-prefetched"] > 0
+            assert dst.dump_ram(os.path.join(workdir, "ram-dst")) == want
     finally:
-        dst.shutdown()
         if fd is not None:
             os.close(fd)

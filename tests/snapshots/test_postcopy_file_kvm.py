@@ -11,11 +11,11 @@ Skipped where /dev/kvm is missing.
 """
 
 import os
-import time
 
 import pytest
 
-from snaptest import Guest, PAGE, SAVE_CAPS, STOCK_QEMU, differing_pages
+from snaptest import (LAZY_CAPS, PAGE, SAVE_CAPS, STOCK_QEMU, Guest, differing_pages,
+                      wait_until)
 
 pytestmark = pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK),
                                 reason="needs /dev/kvm")
@@ -23,7 +23,6 @@ pytestmark = pytest.mark.skipif(not os.access("/dev/kvm", os.R_OK | os.W_OK),
 RAM_MB = 256
 BLOB_ADDR = 16 << 20
 BLOB_SIZE = 64 << 20
-LAZY = {"postcopy_ram": True, "mapped_ram": True}
 
 
 def kvm_guest(workdir, blob, name, **args):
@@ -39,14 +38,13 @@ def kvm_guest(workdir, blob, name, **args):
 def wait_firmware_idle(workdir, name, timeout=120):
     """Wait until SeaBIOS has given up booting and idles."""
     log = os.path.join(workdir, f"{name}-firmware.log")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def idle():
         if os.path.exists(log):
             with open(log, "rb") as f:
-                if b"No bootable device" in f.read():
-                    return
-        time.sleep(0.1)
-    raise AssertionError("the firmware did not reach 'No bootable device'")
+                return b"No bootable device" in f.read()
+        return False
+    wait_until(idle, timeout, "the firmware to reach 'No bootable device'", interval=0.1)
 
 
 def save_kvm(workdir, stop_first, kind="bg"):
@@ -76,9 +74,7 @@ def save_kvm(workdir, stop_first, kind="bg"):
 
 def load_paused(workdir, blob, path, name, caps, qemu=None):
     """Load PATH into a new paused KVM guest; return its RAM dump's (path, sha256)."""
-    dst = kvm_guest(workdir, blob, name, incoming="defer", paused=True, qemu=qemu)
-    dst.launch()
-    try:
+    with kvm_guest(workdir, blob, name, incoming="defer", paused=True, qemu=qemu) as dst:
         status, info = dst.incoming_file(path, **caps)
         assert status == "completed", f"{name}: {info}"
         if "postcopy_ram" in caps:
@@ -87,8 +83,6 @@ def load_paused(workdir, blob, path, name, caps, qemu=None):
         assert dst.status() == "paused"
         dump = os.path.join(workdir, f"ram-{name}")
         return dump, dst.dump_ram(dump)
-    finally:
-        dst.shutdown()
 
 
 @pytest.mark.parametrize("kind", SAVE_CAPS)
@@ -102,7 +96,7 @@ def test_kvm_lazy_load_equals_snapshot_point(workdir, kind):
     path, src_dump, _, blob, _ = save_kvm(workdir, stop_first=True, kind=kind)
     if not os.path.exists(STOCK_QEMU):
         pytest.fail(f"{STOCK_QEMU} is not built (make check builds it)")
-    lazy, lazy_sum = load_paused(workdir, blob, path, "lazy", LAZY)
+    lazy, lazy_sum = load_paused(workdir, blob, path, "lazy", LAZY_CAPS)
     stock, stock_sum = load_paused(workdir, blob, path, "stock", {"mapped_ram": True},
                                    qemu=STOCK_QEMU)
     assert lazy_sum == stock_sum, \
@@ -119,11 +113,9 @@ def test_kvm_vcpu_faults_inside_kvm_run(workdir):
     running, and the data pages are those of the snapshot.
     """
     path, _, _, blob, data = save_kvm(workdir, stop_first=False)
-    dst = kvm_guest(workdir, blob, "dst", incoming="defer")
-    dst.launch()
-    try:
+    with kvm_guest(workdir, blob, "dst", incoming="defer") as dst:
         dst.cmd("migrate-set-parameters", postcopy_file_threads=1)
-        status, info = dst.incoming_file(path, postcopy_blocktime=True, **LAZY)
+        status, info = dst.incoming_file(path, postcopy_blocktime=True, **LAZY_CAPS)
         assert status == "completed", info
         assert dst.status() == "running"
         pf = info["postcopy-file"]
@@ -138,5 +130,3 @@ def test_kvm_vcpu_faults_inside_kvm_run(workdir):
             back = f.read()
         bad = [i for i in range(0, BLOB_SIZE, PAGE) if back[i:i + PAGE] != data[i:i + PAGE]]
         assert not bad, f"{len(bad)} data pages differ, first at {BLOB_ADDR + bad[0]:#x}"
-    finally:
-        dst.shutdown()
