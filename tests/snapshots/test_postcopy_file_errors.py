@@ -6,19 +6,17 @@ refused without changing anything.
 
 import contextlib
 import os
-import signal
 import subprocess
 import threading
-import time
 
 import pytest
 
 from faultyfs import FaultyMount
-from snaptest import Guest, GuestError, QEMUMonitorProtocol, file_sha256
+from snaptest import (LAZY_CAPS, MIGRATION_END, SAVE_CAPS, Guest, GuestError,
+                      QEMUMonitorProtocol, caps_arg, file_sha256, wait_until)
 
 RAM_MB = 256
 WL_MB = 128
-LAZY = {"postcopy_ram": True, "mapped_ram": True}
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +27,7 @@ def snapfile(tmp_path_factory):
     with Guest(workdir, ram_mb=RAM_MB, wl_mb=WL_MB) as src:
         src.wait_ready()
         src.wait_progress()
-        src.migrate_to_file(path, background_snapshot=True, mapped_ram=True)
+        src.migrate_to_file(path, **SAVE_CAPS["bg"])
     return path
 
 
@@ -56,10 +54,8 @@ def refused_before_start(workdir, path, ram_mb=RAM_MB, expect=None, backing=None
     generic error).
     """
     before = file_sha256(backing or path)
-    dst = Guest(workdir, name="dst", ram_mb=ram_mb, wl_mb=WL_MB, incoming="defer")
-    dst.launch()
-    try:
-        dst.set_caps(events=True, **LAZY)
+    with Guest(workdir, name="dst", ram_mb=ram_mb, wl_mb=WL_MB, incoming="defer") as dst:
+        dst.set_caps(events=True, **LAZY_CAPS)
         dst.cmd("migrate-incoming", uri=f"file:{path}", exit_on_error=False)
         status, info = dst.wait_migration(timeout=120)
         assert status == "failed", info
@@ -69,8 +65,6 @@ def refused_before_start(workdir, path, ram_mb=RAM_MB, expect=None, backing=None
         assert "RESUME" not in events, events
         assert dst.status() != "running"
         assert "WL " not in dst.console(), "the guest ran"
-    finally:
-        dst.shutdown()
     log = dst.vm.get_log() or ""
     if expect:
         assert expect in err or expect in log, f"{err}\n{log}"
@@ -116,18 +110,14 @@ def test_different_ram_size(workdir, snapfile):
 def test_different_machine_type(workdir, snapfile):
     """A file saved from a pc machine does not load into a q35 machine."""
     before = file_sha256(snapfile)
-    dst = Guest(workdir, name="dst", ram_mb=RAM_MB, wl_mb=WL_MB, incoming="defer",
-                machine="q35")
-    dst.launch()
-    try:
-        dst.set_caps(**LAZY)
+    with Guest(workdir, name="dst", ram_mb=RAM_MB, wl_mb=WL_MB, incoming="defer",
+               machine="q35") as dst:
+        dst.set_caps(**LAZY_CAPS)
         dst.cmd("migrate-incoming", uri=f"file:{snapfile}", exit_on_error=False)
         status, info = dst.wait_migration(timeout=120)
         assert status == "failed", info
         assert dst.status() != "running"
         assert "WL " not in dst.console()
-    finally:
-        dst.shutdown()
     log = dst.vm.get_log() or ""
     assert "Machine type received is 'pc-i440fx" in log, \
         f"{info.get('error-desc')}\n{log}"
@@ -137,21 +127,31 @@ def test_different_machine_type(workdir, snapfile):
 def test_partial_file_from_killed_source(workdir):
     """The saving QEMU is killed in mid-save: the partial file is refused."""
     path = os.path.join(workdir, "partial.mig")
-    src = Guest(workdir, name="src", ram_mb=RAM_MB, wl_mb=WL_MB)
-    src.launch()
-    try:
+    with Guest(workdir, name="src", ram_mb=RAM_MB, wl_mb=WL_MB) as src:
         src.wait_ready()
         # throttle the save so that it is surely still running when killed
         src.cmd("migrate-set-parameters", max_bandwidth=16 << 20)
         src.set_caps(mapped_ram=True)
         src.cmd("migrate", uri=f"file:{path}")
-        time.sleep(2)
-        assert src.cmd("query-migrate")["status"] == "active"
-        os.kill(src.vm.get_pid(), signal.SIGKILL)
-        src.vm.wait(timeout=30)
-    finally:
-        src.shutdown()
+        info = saving_some_ram(src)
+        assert info["status"] == "active", info
+        src.kill()
     refused_before_start(workdir, path)
+
+
+def saving_some_ram(g, timeout=120):
+    """
+    Wait until G's save is active and has written 4 MiB of RAM (so that
+    its file holds a part of RAM), or has ended; return query-migrate.
+    """
+    def written():
+        info = g.cmd("query-migrate")
+        if info.get("status") in MIGRATION_END or (
+                info.get("status") == "active" and
+                info.get("ram", {}).get("transferred", 0) >= 4 << 20):
+            return info
+        return None
+    return wait_until(written, timeout, "the save to write 4 MiB of RAM")
 
 
 @contextlib.contextmanager
@@ -201,16 +201,14 @@ def test_background_save_fails_guest_runs_on(workdir, how):
         with open(older, "wb") as f:
             f.write(os.urandom(1 << 20))
         older_sum = file_sha256(older)
-        src = Guest(workdir, name="src", ram_mb=RAM_MB, wl_mb=WL_MB)
-        src.launch()
-        try:
+        with Guest(workdir, name="src", ram_mb=RAM_MB, wl_mb=WL_MB) as src:
             src.wait_ready()
             src.wait_progress()
-            src.set_caps(background_snapshot=True, mapped_ram=True)
+            src.set_caps(**SAVE_CAPS["bg"])
             src.cmd("migrate", uri=f"file:{path}")
             if how == "cancel":
-                time.sleep(2)
-                assert src.cmd("query-migrate")["status"] == "active"
+                info = saving_some_ram(src)
+                assert info["status"] == "active", info
                 src.cmd("migrate_cancel")
             status, info = src.wait_migration(timeout=300)
             want = {"enospc": ("failed", "No space left on device"),
@@ -221,8 +219,6 @@ def test_background_save_fails_guest_runs_on(workdir, how):
             assert src.status() == "running"
             assert src.wait_full_pass() == 0
             src.check_no_corruption()
-        finally:
-            src.shutdown()
         assert file_sha256(older) == older_sum
         refused_before_start(workdir, backing)
 
@@ -230,7 +226,7 @@ def test_background_save_fails_guest_runs_on(workdir, how):
 def test_missing_file(workdir):
     dst = Guest(workdir, name="dst", ram_mb=RAM_MB, wl_mb=WL_MB, incoming="defer")
     with dst:
-        dst.set_caps(**LAZY)
+        dst.set_caps(**LAZY_CAPS)
         r = dst.qmp("migrate-incoming", uri=f"file:{workdir}/nosuchfile",
                     exit_on_error=False)
         if "error" not in r:
@@ -247,7 +243,7 @@ def test_non_seekable_uri(workdir):
     """mapped-ram needs a seekable file: a socket URI is refused."""
     dst = Guest(workdir, name="dst", ram_mb=RAM_MB, wl_mb=WL_MB, incoming="defer")
     with dst:
-        dst.set_caps(**LAZY)
+        dst.set_caps(**LAZY_CAPS)
         r = dst.qmp("migrate-incoming", uri="tcp:127.0.0.1:0")
         assert "error" in r, r
         assert dst.cmd("query-migrate").get("status") in (None, "none", "setup"), \
@@ -260,10 +256,8 @@ def test_refused_capability_combinations(workdir, extra):
     dst = Guest(workdir, name="dst", ram_mb=RAM_MB, wl_mb=WL_MB, incoming="defer")
     with dst:
         before = dst.cmd("query-migrate-capabilities")
-        r = dst.qmp("migrate-set-capabilities", capabilities=[
-            {"capability": "postcopy-ram", "state": True},
-            {"capability": "mapped-ram", "state": True},
-            {"capability": extra, "state": True}])
+        r = dst.qmp("migrate-set-capabilities",
+                    capabilities=caps_arg({**LAZY_CAPS, extra: True}))
         assert "error" in r
         assert "does not support multifd or postcopy-preempt" in r["error"]["desc"]
         assert dst.cmd("query-migrate-capabilities") == before
@@ -298,24 +292,10 @@ def start_lazy(workdir, path, exit_on_error=False, **guest_args):
     """A new QEMU loading PATH lazily; returns it once migrate-incoming ran."""
     dst = Guest(workdir, name="dst", ram_mb=RAM_MB, wl_mb=WL_MB, incoming="defer",
                 **guest_args)
-    dst.launch()
-    try:
-        dst.set_caps(events=True, **LAZY)
+    with dst.launch().ended_on_error():
+        dst.set_caps(events=True, **LAZY_CAPS)
         dst.cmd("migrate-incoming", uri=f"file:{path}", exit_on_error=exit_on_error)
-    except BaseException:
-        dst.shutdown()
-        raise
     return dst
-
-
-def wait_status(g, want, timeout=120):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = g.cmd("query-migrate")
-        if info.get("status") in want:
-            return info
-        time.sleep(0.05)
-    raise AssertionError(f"status {info.get('status')}, not {want}: {info}")
 
 
 @pytest.mark.parametrize("kind", ["eio", "short-read"])
@@ -334,40 +314,41 @@ def test_read_error_pauses_then_recovers(workdir, snapfile, kind):
     with FaultyMount(snapfile, mnt, "snap.mig") as fs:
         fs.ops.error = (bad, bad + (1 << 20))
         fs.ops.short = kind == "short-read"
-        dst = start_lazy(workdir, fs.path)
-        try:
-            info = wait_status(dst, ("postcopy-paused", "completed", "failed"))
+        with start_lazy(workdir, fs.path) as dst:
+            _, info = dst.wait_migration(until=("postcopy-paused", "completed", "failed"),
+                                         timeout=120)
             assert info["status"] == "postcopy-paused", info
             err = info.get("error-desc", "")
             assert fs.path in err and "offset 0x" in err, err
             assert fs.ops.failed_reads > 0
-            statuses = [e["data"]["status"] for e in dst.vm.get_qmp_events(wait=False)
-                        if e["event"] == "MIGRATION"]
+            statuses = migration_statuses(dst)
             assert "postcopy-paused" in statuses, statuses
             resident = info["postcopy-file"]["pages-resident"]
             assert resident < info["postcopy-file"]["pages-total"]
-            time.sleep(2)
+            # The load stays paused: no MIGRATION event for 2 s.  That
+            # something does not happen can only be shown over a window.
+            ev = dst.event_within("MIGRATION", 2)
+            assert ev is None, f"the paused load changed state by itself: {ev}"
             assert dst.cmd("query-migrate")["status"] == "postcopy-paused"
             dst.check_no_corruption()
 
             # the file still fails: the load pauses again
             dst.cmd_oob("migrate-recover", uri=f"file:{fs.path}")
-            info = wait_status(dst, ("postcopy-paused", "completed", "failed"))
+            _, info = dst.wait_migration(until=("postcopy-paused", "completed", "failed"),
+                                         timeout=120)
             assert info["status"] == "postcopy-paused", info
             dst.check_no_corruption()
 
             # the file reads again: the load completes
             fs.ops.error = None
             dst.cmd_oob("migrate-recover", uri=f"file:{fs.path}")
-            info = wait_status(dst, ("completed", "failed"), timeout=600)
+            _, info = dst.wait_migration(until=("completed", "failed"), timeout=600)
             assert info["status"] == "completed", info
             assert info["postcopy-file"]["pages-resident"] == \
                 info["postcopy-file"]["pages-total"]
             assert "error-desc" not in info, info
             assert dst.wait_full_pass() == 0
             dst.check_no_corruption()
-        finally:
-            dst.shutdown()
 
 
 def start_paused_on_eio(workdir, fs, snapfile, exit_on_error, bad=None,
@@ -382,24 +363,17 @@ def start_paused_on_eio(workdir, fs, snapfile, exit_on_error, bad=None,
         bad = (start, start + (1 << 20))
     fs.ops.error = bad
     dst = start_lazy(workdir, fs.path, exit_on_error, **guest_args)
-    info = wait_status(dst, ("postcopy-paused", "completed", "failed"))
-    assert info["status"] == "postcopy-paused", info
+    with dst.ended_on_error():
+        _, info = dst.wait_migration(until=("postcopy-paused", "completed", "failed"),
+                                     timeout=120)
+        assert info["status"] == "postcopy-paused", info
     return dst, info
 
 
 def migration_statuses(g):
+    """Statuses of the MIGRATION events that came since the last look."""
     return [e["data"]["status"] for e in g.vm.get_qmp_events(wait=False)
             if e["event"] == "MIGRATION"]
-
-
-def quit_returns(g, timeout=30):
-    """Ask QEMU to quit; its exit code, or None if it did not exit in time."""
-    try:
-        g.vm.shutdown(timeout=timeout)
-    except Exception:  # pylint: disable=broad-except
-        g.vm.kill()
-        return None
-    return g.vm.exitcode()
 
 
 @pytest.mark.parametrize("exit_on_error", [False, True])
@@ -417,23 +391,28 @@ def test_cancel_gives_up_when_file_never_recovers(workdir, snapfile, exit_on_err
     os.mkdir(mnt)
     with FaultyMount(snapfile, mnt, "snap.mig") as fs:
         dst, info = start_paused_on_eio(workdir, fs, snapfile, exit_on_error)
-        try:
+        with dst:
             err = info["error-desc"]
             assert fs.path in err and "offset 0x" in err, err
             dst.cmd_oob("migrate-recover", uri=f"file:{fs.path}")
-            info = wait_status(dst, ("postcopy-paused", "completed", "failed"))
+            _, info = dst.wait_migration(until=("postcopy-paused", "completed", "failed"),
+                                         timeout=120)
             assert info["status"] == "postcopy-paused", info
 
             assert dst.cmd("migrate_cancel") == {}
             if exit_on_error:
-                dst.vm.wait(timeout=60)
+                dst.wait_exit(1, timeout=60)
                 assert dst.vm.exitcode() == 1
             else:
                 info = dst.cmd("query-migrate")
                 assert info["status"] == "failed", info
                 assert fs.path in info["error-desc"], info
                 assert "failed" in migration_statuses(dst)
-                time.sleep(2)
+                # QEMU stays for inspection: it does not exit for 2 s, and
+                # the status is still failed then (only a window of time
+                # can show that something does not happen)
+                code = dst.exited_within(2)
+                assert code is None, f"QEMU exited by itself with {code}"
                 assert dst.cmd("query-migrate")["status"] == "failed"
                 assert info["postcopy-file"]["pages-resident"] < \
                     info["postcopy-file"]["pages-total"]
@@ -441,12 +420,13 @@ def test_cancel_gives_up_when_file_never_recovers(workdir, snapfile, exit_on_err
                 r = dst.qmp("migrate-recover", uri=f"file:{snapfile}")
                 assert "error" in r, r
                 dst.check_no_corruption()
-                assert quit_returns(dst) == 1
+                # asked to quit, it exits with an error
+                dst.expect_exit(1)
+                dst.shutdown()
+                assert dst.vm.exitcode() == 1
             dst.check_no_corruption()
             log = dst.vm.get_log() or ""
             assert "host pages not loaded" in log and fs.path in log, log
-        finally:
-            dst.shutdown()
     assert file_sha256(snapfile) == before
 
 
@@ -477,9 +457,9 @@ def test_cancel_and_pause_refused_while_filling(workdir, snapfile):
     os.mkdir(mnt)
     with FaultyMount(snapfile, mnt, "snap.mig") as fs:
         fs.ops.delay = 0.05             # keep the load filling for a while
-        dst = start_lazy(workdir, fs.path)
-        try:
-            info = wait_status(dst, ("postcopy-active", "completed", "failed"))
+        with start_lazy(workdir, fs.path) as dst:
+            _, info = dst.wait_migration(until=("postcopy-active", "completed", "failed"),
+                                         timeout=120)
             assert info["status"] == "postcopy-active", info
             r = dst.qmp("migrate_cancel")
             assert "only while it is paused" in r["error"]["desc"], r
@@ -490,12 +470,10 @@ def test_cancel_and_pause_refused_while_filling(workdir, snapfile):
                 dst.cmd_oob("migrate-pause")
             assert dst.cmd("query-migrate")["status"] == "postcopy-active"
             fs.ops.delay = 0
-            info = wait_status(dst, ("completed", "failed"), timeout=600)
+            _, info = dst.wait_migration(until=("completed", "failed"), timeout=600)
             assert info["status"] == "completed", info
             assert dst.wait_full_pass() == 0
             dst.check_no_corruption()
-        finally:
-            dst.shutdown()
 
 
 class InBandCommand(threading.Thread):
@@ -544,10 +522,17 @@ def block_main_loop_on_missing_page(workdir, fs, snapfile, exit_on_error):
         extra_args=["-chardev", f"socket,id=mon2,path={sock},server=on,wait=off",
                     "-mon", "chardev=mon2,mode=control"])
     dump = os.path.join(workdir, "mib.dump")
-    cmd = InBandCommand(sock, "pmemsave", val=gpa, size=1 << 20, filename=dump)
-    cmd.start()
-    cmd.join(timeout=3)
-    assert cmd.is_alive(), f"pmemsave of missing pages returned: {cmd.result} {cmd.error}"
+    with dst.ended_on_error():
+        cmd = InBandCommand(sock, "pmemsave", val=gpa, size=1 << 20, filename=dump)
+        cmd.start()
+        # pmemsave creates its dump file before it reads guest RAM: once
+        # the file is there, QEMU got the command and runs it
+        wait_until(lambda: os.path.exists(dump) or not cmd.is_alive(), 60,
+                   "pmemsave to create its dump file")
+        # it must now stay blocked on the missing page: that it does not
+        # return can only be shown over a window of time
+        cmd.join(timeout=3)
+        assert cmd.is_alive(), f"pmemsave of missing pages returned: {cmd.result} {cmd.error}"
     return dst, cmd, gpa, dump
 
 
@@ -564,15 +549,13 @@ def test_oob_cancel_gives_up_with_main_loop_blocked(workdir, snapfile):
     with FaultyMount(snapfile, mnt, "snap.mig") as fs:
         dst, cmd, _, _ = block_main_loop_on_missing_page(workdir, fs, snapfile,
                                                          exit_on_error=True)
-        try:
+        with dst:
             assert dst.cmd_oob("migrate_cancel") == {}
-            dst.vm.wait(timeout=60)
+            dst.wait_exit(1, timeout=60)
             assert dst.vm.exitcode() == 1
             cmd.join(timeout=30)
             assert cmd.result is None and cmd.error is not None, \
                 "pmemsave of pages never loaded succeeded"
-        finally:
-            dst.shutdown()
         log = dst.vm.get_log() or ""
         assert "host pages not loaded" in log and fs.path in log, log
         assert "WL " not in dst.console(), "the guest ran"
@@ -592,7 +575,7 @@ def test_oob_recover_with_main_loop_blocked(workdir, snapfile):
     with FaultyMount(snapfile, mnt, "snap.mig") as fs:
         dst, cmd, gpa, dump = block_main_loop_on_missing_page(
             workdir, fs, snapfile, exit_on_error=False)
-        try:
+        with dst:
             fs.ops.error = None
             assert dst.cmd_oob("migrate-recover", uri=f"file:{fs.path}") == {}
             cmd.join(timeout=120)
@@ -603,13 +586,11 @@ def test_oob_recover_with_main_loop_blocked(workdir, snapfile):
                 want = f.read(1 << 20)
             with open(dump, "rb") as f:
                 assert f.read() == want, "the MiB read after recovery differs from the file"
-            info = wait_status(dst, ("completed", "failed"), timeout=600)
+            _, info = dst.wait_migration(until=("completed", "failed"), timeout=600)
             assert info["status"] == "completed", info
             dst.cmd("cont")
             assert dst.wait_full_pass() == 0
             dst.check_no_corruption()
-        finally:
-            dst.shutdown()
 
 
 def test_oob_cancel_refused_for_other_migrations(workdir):
@@ -623,7 +604,7 @@ def test_oob_cancel_refused_for_other_migrations(workdir):
         src.wait_ready()
         src.cmd("migrate-set-parameters", max_bandwidth=16 << 20)
         src.cmd("migrate", uri=f"file:{path}")
-        wait_status(src, ("active",))
+        src.wait_migration(until=("active",), timeout=120)
         with pytest.raises(GuestError, match="in-band"):
             src.cmd_oob("migrate_cancel")
         assert src.cmd("query-migrate")["status"] == "active"

@@ -10,12 +10,11 @@ import os
 
 import pytest
 
-from snaptest import STOCK_QEMU, Guest, differing_pages, save_to_file
+from snaptest import LAZY_CAPS, SAVE_CAPS, STOCK_QEMU, Guest, differing_pages, save_to_file
 
 SIZES = [int(s) for s in os.environ.get("QIS_REVERT_SIZES_MB", "1024,2048").split(",")]
-BG_MAPPED_RAM = {"background_snapshot": True, "mapped_ram": True}
 LOADERS = {
-    "lazy": (None, {"postcopy_ram": True, "mapped_ram": True}),
+    "lazy": (None, LAZY_CAPS),
     "eager": (None, {"mapped_ram": True}),
     "stock-eager": (STOCK_QEMU, {"mapped_ram": True}),
 }
@@ -25,14 +24,12 @@ LOADERS = {
 def test_same_file_three_loaders(workdir, ram_mb):
     path = os.path.join(workdir, "snap.mig")
     want, want_sum = save_to_file(workdir, path, ram_mb, ram_mb * 3 // 4,
-                                  stop_first=True, **BG_MAPPED_RAM)
+                                  stop_first=True, **SAVE_CAPS["bg"])
     for name, (qemu, caps) in LOADERS.items():
         if qemu and not os.path.exists(qemu):
             pytest.fail(f"{qemu} is not built (make check builds it)")
-        dst = Guest(workdir, name=f"dst-{name}", ram_mb=ram_mb, wl_mb=ram_mb * 3 // 4,
-                    qemu=qemu, incoming="defer", paused=True)
-        dst.launch()
-        try:
+        with Guest(workdir, name=f"dst-{name}", ram_mb=ram_mb, wl_mb=ram_mb * 3 // 4,
+                   qemu=qemu, incoming="defer", paused=True) as dst:
             status, info = dst.incoming_file(path, **caps)
             assert status == "completed", f"{name}: {info}"
             got = os.path.join(workdir, f"ram-{name}")
@@ -42,24 +39,16 @@ def test_same_file_three_loaders(workdir, ram_mb):
             dst.cmd("cont")
             assert dst.wait_full_pass() == 0, name
             dst.check_no_corruption()
-        finally:
-            dst.shutdown()
 
 
 @pytest.mark.parametrize("ram_mb", SIZES)
 def test_lazy_revert_guest_writes_and_runs(workdir, ram_mb):
     path = os.path.join(workdir, "snap.mig")
-    save_to_file(workdir, path, ram_mb, ram_mb * 3 // 4, **BG_MAPPED_RAM)
-    dst = Guest(workdir, name="dst", ram_mb=ram_mb, wl_mb=ram_mb * 3 // 4,
-                incoming="defer")
-    dst.launch()
-    try:
-        dst.set_caps(postcopy_ram=True, mapped_ram=True)
-        dst.cmd("migrate-incoming", uri=f"file:{path}")
-        status, info = dst.wait_migration()
+    save_to_file(workdir, path, ram_mb, ram_mb * 3 // 4, **SAVE_CAPS["bg"])
+    with Guest(workdir, name="dst", ram_mb=ram_mb, wl_mb=ram_mb * 3 // 4,
+               incoming="defer") as dst:
+        status, info = dst.incoming_file(path, **LAZY_CAPS)
         assert status == "completed", info
         assert info["postcopy-file"]["pages-faulted"] > 0
         assert dst.wait_full_pass() == 0
         dst.check_no_corruption()
-    finally:
-        dst.shutdown()
