@@ -32,7 +32,7 @@ from snaptest import Guest
 
 STOCK_QEMU = snaptest.STOCK_QEMU
 # A lazy load (postcopy from file) with fault latencies reported
-LAZY_CAPS = {"mapped_ram": True, "postcopy_ram": True, "postcopy_blocktime": True}
+LAZY_TIMED_CAPS = {**snaptest.LAZY_CAPS, "postcopy_blocktime": True}
 
 METRICS = [
     ("save_paused", "snapshot-save: guest stopped", "s"),
@@ -67,18 +67,13 @@ def migrate_to_file(g, path, caps):
     log.clear()
     t0 = time.time()
     g.cmd("migrate", uri=f"file:{path}")
-    while True:
-        ev = log.wait("MIGRATION", timeout=3600)
-        st = ev["data"]["status"]
-        if st in ("completed", "failed", "cancelled"):
-            break
-        log.events.remove(ev)
+    st, info = g.wait_migration(timeout=3600)
     if st != "completed":
-        info = g.cmd("query-migrate")
         raise RuntimeError(f"migrate failed: {info.get('error-desc', st)}")
-    # background-snapshot resumes the guest when done; make sure we saw it
+    ev = log.wait("MIGRATION", {"status": "completed"}, timeout=60)
+    # background-snapshot resumes the guest when done; wait for that RESUME
     if g.status() == "running":
-        log.poll()
+        log.wait_resumed()
     total = event_time(ev) - t0
     g.set_caps(**{k: False for k in caps})
     return log.paused_seconds(), total
@@ -104,44 +99,21 @@ def restore_file(qemu, workdir, ram_mb, wl_mb, path, caps, extra=None, params=No
     EXTRA (a dict), also record fill throughput, fault latency and the
     workload's speed during the fill (lazy loads).
     """
-    g = Guest(workdir, name="restore", ram_mb=ram_mb, wl_mb=wl_mb, qemu=qemu,
-              incoming="defer")
-    g.launch()
-    try:
+    with Guest(workdir, name="restore", ram_mb=ram_mb, wl_mb=wl_mb, qemu=qemu,
+               incoming="defer") as g:
         log = EventLog(g)
         g.set_caps(events=True, **caps)
         if params:
             g.cmd("migrate-set-parameters", **params)
         t0 = time.time()
         g.cmd("migrate-incoming", uri=f"file:{path}", exit_on_error=False)
-        done = None
-        done_mark = None
-        running = None
-        deadline = time.monotonic() + 3600
-        while time.monotonic() < deadline and (done is None or running is None):
-            log.poll()
-            for ev in log.events:
-                if ev["event"] == "MIGRATION" and ev["data"]["status"] in ("completed", "failed"):
-                    done = done or ev
-                if ev["event"] == "RESUME":
-                    running = running or ev
-            if done and done_mark is None:
-                done_mark = g.console_mark()
-            if done and done["data"]["status"] == "failed":
-                break
-            if not g.vm.is_running():
-                break
-            try:
-                ev = g.vm.get_qmp_event(wait=0.5)
-            except TimeoutError:
-                ev = None
-            if ev:
-                log.events.append(ev)
-        if not done or done["data"]["status"] != "completed" or not running:
-            log_text = g.vm.get_log() if not g.vm.is_running() else ""
-            info = g.qmp("query-migrate").get("return", {}) if g.vm.is_running() else {}
-            raise RuntimeError("restore failed: " + (info.get("error-desc") or
-                                                     (log_text or "").strip()[-300:] or "no completion"))
+        status, info = g.wait_migration(until=("completed", "failed"), timeout=3600)
+        # what the workload printed up to here, it printed during the fill
+        done_mark = g.console_mark()
+        if status != "completed":
+            raise RuntimeError("restore failed: " + (info.get("error-desc") or status))
+        done = log.wait("MIGRATION", {"status": "completed"}, timeout=60)
+        running = log.wait("RESUME", timeout=60)
         if extra is not None:
             info = g.cmd("query-migrate")
             fill = event_time(done) - event_time(running)
@@ -158,8 +130,6 @@ def restore_file(qemu, workdir, ram_mb, wl_mb, path, caps, extra=None, params=No
             # without the first one, which began before the snapshot,
             # against those after the fill
             text = g.console()
-            if done_mark is None:
-                done_mark = len(text)
             rates = [float(r) for r in
                      re.findall(r"WL PROGRESS .* rate=(\d+)", text[:done_mark])][1:]
         errors = g.wait_full_pass(timeout=3600)
@@ -171,18 +141,14 @@ def restore_file(qemu, workdir, ram_mb, wl_mb, path, caps, extra=None, params=No
             if rates and after:
                 extra["lazy_wl_speed"] = (sum(rates) / len(rates)) / (sum(after) / len(after))
         return event_time(running) - t0, event_time(done) - t0
-    finally:
-        g.shutdown()
 
 
 def run_one(qemu, size_gb, workdir, res):
     ram_mb = size_gb * 1024
     wl_mb = ram_mb * 3 // 4
     disk = os.path.join(workdir, "disk.qcow2")
-    g = Guest(workdir, ram_mb=ram_mb, wl_mb=wl_mb, disk=disk, qemu=qemu,
-              wl_report_ms=100)
-    g.launch()
-    try:
+    with Guest(workdir, ram_mb=ram_mb, wl_mb=wl_mb, disk=disk, qemu=qemu,
+               wl_report_ms=100) as g:
         g.wait_ready(timeout=3600)
         g.wait_progress()
         log = EventLog(g)
@@ -208,7 +174,7 @@ def run_one(qemu, size_gb, workdir, res):
         g.wait_progress()
 
         for key, caps in (("bg", {"background_snapshot": True}),
-                          ("bgmr", {"background_snapshot": True, "mapped_ram": True})):
+                          ("bgmr", snaptest.SAVE_CAPS["bg"])):
             path = os.path.join(workdir, f"{key}.mig")
             try:
                 res[f"{key}_paused"], res[f"{key}_total"] = migrate_to_file(g, path, caps)
@@ -230,13 +196,11 @@ def run_one(qemu, size_gb, workdir, res):
                 try:
                     (res["lazy_restore_running"],
                      res["lazy_restore_total"]) = restore_file(
-                         qemu, workdir, ram_mb, wl_mb, path, LAZY_CAPS, extra=res)
+                         qemu, workdir, ram_mb, wl_mb, path, LAZY_TIMED_CAPS, extra=res)
                 except Exception as e:  # pylint: disable=broad-except
                     res["lazy_restore_error"] = str(e)[:300]
             g.cmd("cont")
             os.unlink(path)
-    finally:
-        g.shutdown()
 
 
 def fmt(v):

@@ -21,7 +21,7 @@ import tempfile
 import time
 import traceback
 
-from bench import LAZY_CAPS, LAZY_EXTRA, restore_file
+from bench import LAZY_EXTRA, LAZY_TIMED_CAPS, restore_file
 import snaptest
 from snaptest import save_to_file
 
@@ -38,7 +38,8 @@ def run_size(size_gb, threads, reps, runs):
             for n in threads:
                 extra = {}
                 running, done = restore_file(snaptest.QEMU, workdir, ram_mb, wl_mb, path,
-                                             LAZY_CAPS, extra, {"postcopy_file_threads": n})
+                                             LAZY_TIMED_CAPS, extra,
+                                             {"postcopy_file_threads": n})
                 run = {"size": size_gb, "threads": n, "rep": rep,
                        "running_s": running, "done_s": done, **extra}
                 runs.append(run)

@@ -11,7 +11,7 @@ import tempfile
 import time
 
 from measure import EventLog, event_time, wait_job
-from snaptest import Guest
+from snaptest import LAZY_CAPS, SAVE_CAPS, Guest
 
 RAM_MB = int(os.environ.get("DEMO_RAM_MB", "1024"))
 
@@ -70,8 +70,8 @@ def main():
             g.set_caps(events=True)
             log.clear()
             t0 = time.time()
-            g.migrate_to_file(path, background_snapshot=True, mapped_ram=True)
-            log.poll()
+            g.migrate_to_file(path, **SAVE_CAPS["bg"])
+            log.wait_resumed()
             print(f"demo: instant snapshot (migrate, background-snapshot + mapped-ram): "
                   f"guest paused {log.paused_seconds() * 1000:.1f} ms, "
                   f"RAM written in the background in {(time.time() - t0) * 1000:.0f} ms")
@@ -79,13 +79,16 @@ def main():
         # Instant revert: a new QEMU loads the file lazily (postcopy from file)
         dst = Guest(workdir, name="revert", ram_mb=RAM_MB, wl_mb=wl_mb, incoming="defer")
         with dst:
-            dst.set_caps(events=True, postcopy_ram=True, mapped_ram=True)
+            dst.set_caps(events=True, **LAZY_CAPS)
             log = EventLog(dst)
             t0 = time.time()
             dst.cmd("migrate-incoming", uri=f"file:{path}")
-            resume = log.wait("RESUME", timeout=600)
-            done = log.wait("MIGRATION", {"status": "completed"}, timeout=600)
-            info = dst.cmd("query-migrate")["postcopy-file"]
+            status, info = dst.wait_migration(timeout=600)
+            if status != "completed":
+                sys.exit(f"demo: the instant revert failed: {info.get('error-desc', status)}")
+            resume = log.wait("RESUME", timeout=60)
+            done = log.wait("MIGRATION", {"status": "completed"}, timeout=60)
+            info = info["postcopy-file"]
             print(f"demo: instant revert (postcopy from file): guest running after "
                   f"{(event_time(resume) - t0) * 1000:.1f} ms, all RAM resident after "
                   f"{(event_time(done) - t0) * 1000:.0f} ms "

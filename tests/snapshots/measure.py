@@ -26,10 +26,13 @@ class EventLog:
         self.poll()
         self.events = []
 
-    def wait(self, name, match=None, timeout=3600):
-        """Wait for event NAME whose data contains MATCH; return it."""
+    def wait(self, name, match=None, timeout=3600, start=0):
+        """
+        Wait for event NAME whose data contains MATCH, at index START or
+        later in self.events; return it.
+        """
         deadline = time.monotonic() + timeout
-        seen = 0
+        seen = start
         while True:
             self.poll()
             for ev in self.events[seen:]:
@@ -47,6 +50,17 @@ class EventLog:
             if ev:
                 self.events.append(ev)
 
+    def wait_resumed(self, timeout=60):
+        """
+        Wait for the RESUME that follows the last STOP seen, if any (the
+        guest runs again); return it, or None if there was no STOP.
+        """
+        self.poll()
+        stops = [i for i, ev in enumerate(self.events) if ev["event"] == "STOP"]
+        if not stops:
+            return None
+        return self.wait("RESUME", timeout=timeout, start=stops[-1] + 1)
+
     def paused_seconds(self):
         """Total time between STOP and the following RESUME events."""
         total, stopped_at = 0.0, None
@@ -62,7 +76,4 @@ class EventLog:
 def wait_job(log, job_id, timeout=3600):
     """Wait for job JOB_ID to conclude; return (error or None, concluded event)."""
     ev = log.wait("JOB_STATUS_CHANGE", {"id": job_id, "status": "concluded"}, timeout)
-    jobs = [j for j in log.guest.cmd("query-jobs") if j["id"] == job_id]
-    err = jobs[0].get("error") if jobs else None
-    log.guest.cmd("job-dismiss", id=job_id)
-    return err, ev
+    return log.guest.dismiss_job(job_id), ev
