@@ -100,9 +100,13 @@ class GdbMI:
                 return m.group(1)
         raise GdbError(f"no thread named {name!r}: {out}")
 
-    def break_at(self, function, thread, condition="1"):
-        """Stop THREAD when it calls FUNCTION with CONDITION true (once)."""
-        self.cmd(f'-break-insert -t -p {thread} -c "{condition}" {function}')
+    def break_at(self, function, thread=None, condition="1"):
+        """
+        Stop THREAD (or any thread) when it calls FUNCTION with CONDITION
+        true, once.
+        """
+        only = f"-p {thread} " if thread else ""
+        self.cmd(f'-break-insert -t {only}-c "{condition}" {function}')
 
     def hold_after_return(self, thread, timeout=120):
         """
@@ -110,9 +114,22 @@ class GdbMI:
         from the function and hold it stopped there; the rest of the
         process runs on.
         """
-        self.wait_stopped("breakpoint-hit", timeout)
+        self.hold_at_break(timeout)
+        self.finish(thread, timeout)
+
+    def hold_at_break(self, timeout=120):
+        """Wait until a thread hits the breakpoint of break_at(); its id."""
+        return self.wait_stopped("breakpoint-hit", timeout)
+
+    def finish(self, thread, timeout=120):
+        """Let the held THREAD return from its function, and hold it again."""
         self.cmd(f"-exec-finish --thread {thread}")
         self.wait_stopped("function-finished", timeout)
+
+    def evaluate(self, thread, expression):
+        """Evaluate EXPRESSION (an assignment, say) in THREAD's frame 0."""
+        return self.cmd(f'-data-evaluate-expression --thread {thread} --frame 0 '
+                        f'"{expression}"')
 
     def resume(self, thread):
         self.cmd(f"-exec-continue --thread {thread}")

@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from faultyfs import FaultyMount
-from snaptest import LAZY_CAPS, Guest, GuestError, file_sha256
+from snaptest import SAVE_CAPS, Guest, GuestError, file_sha256
 from test_postcopy_file_errors import (RAM_MB, WL_MB, copy, find_header, ram_index,
                                        refused_before_start, start_paused_on_eio)
 
@@ -24,7 +24,7 @@ def snapfile(tmp_path_factory):
     with Guest(workdir, ram_mb=RAM_MB, wl_mb=WL_MB) as src:
         src.wait_ready()
         src.wait_progress()
-        src.migrate_to_file(path, background_snapshot=True, mapped_ram=True)
+        src.migrate_to_file(path, **SAVE_CAPS["bg"])
     return path
 
 

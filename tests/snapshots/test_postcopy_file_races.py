@@ -14,7 +14,7 @@ import pytest
 
 from faultyfs import FaultyMount
 from gdbmi import GdbMI
-from snaptest import LAZY_CAPS, Guest, GuestError, QEMUMonitorProtocol, file_sha256
+from snaptest import LAZY_CAPS, Guest, QEMUMonitorProtocol, file_sha256, wait_until
 
 RAM_MB = 256
 WL_MB = 128
@@ -118,30 +118,9 @@ def on_second_monitor(dst, name, **args):
     return in_thread(run)
 
 
-def wait_for(cond, what, timeout=120):
-    done = threading.Event()
-    for _ in range(int(timeout / 0.05)):
-        if cond():
-            return
-        done.wait(0.05)
-    raise AssertionError(f"timeout waiting for {what}")
-
-
 def migration_event(dst, status, timeout=300):
     return dst.vm.event_wait("MIGRATION", timeout=timeout,
                              match={"data": {"status": status}})
-
-
-def recover_when_threads_gone(dst, path, timeout=120):
-    """migrate-recover out-of-band, again while the old prefetch threads end."""
-    def attempt():
-        try:
-            dst.cmd_oob("migrate-recover", uri=f"file:{path}")
-            return True
-        except GuestError as e:
-            assert "still waiting for reads" in str(e), e
-            return False
-    wait_for(attempt, "migrate-recover to be accepted", timeout)
 
 
 def test_recover_while_the_fault_thread_fails(workdir, snap):
@@ -168,7 +147,7 @@ def test_recover_while_the_fault_thread_fails(workdir, snap):
         dst = start_lazy(workdir, fs.path, gdb=True)
         gdb = dst.gdb
         try:
-            wait_for(lambda: fs.ops.blocked > 0, "a prefetch thread to reach the chunk")
+            wait_until(lambda: fs.ops.blocked > 0, 120, "a prefetch thread to reach the chunk")
             fault = gdb.thread_id("mig/dst/fault")
             gdb.break_at("migrate_set_state", fault,
                          "new_state == MIGRATION_STATUS_POSTCOPY_PAUSED")
@@ -178,10 +157,10 @@ def test_recover_while_the_fault_thread_fails(workdir, snap):
             gdb.hold_after_return(fault)
             migration_event(dst, "postcopy-paused")
 
-            # The file reads again, the old prefetch threads end, recover
+            # The file reads again, recover
             fs.ops.error = None
             fs.ops.unblock()
-            recover_when_threads_gone(dst, fs.path)
+            dst.cmd_oob("migrate-recover", uri=f"file:{fs.path}")
             gdb.resume(fault)
             gdb.detach()
             gdb = None
@@ -208,9 +187,9 @@ def test_recover_while_the_fault_thread_fails(workdir, snap):
 def test_oob_recover_never_waits_for_a_hung_read(workdir, snap):
     """
     C: while a prefetch read hangs (a dead mount), migrate-recover
-    out-of-band must not wait for that thread: it answers at once that the
-    prefetch threads are still waiting for reads, and works once the read
-    returns.  Before, it joined the thread and blocked the monitor.
+    out-of-band must not wait for that thread: it resumes the load at once,
+    and the load completes once the read returns.  Before, it joined the
+    thread and blocked the monitor.
     """
     path, src_ram = snap
     pages_offset, bitmap = pc_ram_index(path)
@@ -226,16 +205,16 @@ def test_oob_recover_never_waits_for_a_hung_read(workdir, snap):
         dst = start_lazy(workdir, fs.path)
         try:
             migration_event(dst, "postcopy-paused")
-            wait_for(lambda: fs.ops.blocked > 0, "a prefetch read to hang")
+            wait_until(lambda: fs.ops.blocked > 0, 120, "a prefetch read to hang")
             fs.ops.error = None
             answered, r = in_thread(lambda: dst.cmd_oob("migrate-recover",
                                                         uri=f"file:{fs.path}"))
             assert answered.wait(30), "migrate-recover out-of-band waits for a hung read"
-            assert "still waiting for reads" in str(r.get("error")), r
-            assert dst.cmd("query-migrate")["status"] == "postcopy-paused"
+            assert r == {"ok": {}}, r
+            migration_event(dst, "postcopy-active")
+            assert fs.ops.blocked > 0, "the read returned by itself"
 
             fs.ops.unblock()
-            recover_when_threads_gone(dst, fs.path)
             migration_event(dst, "completed")
             assert dst.dump_ram(os.path.join(workdir, "dst.ram")) == src_ram
         except BaseException:
@@ -263,7 +242,7 @@ def test_oob_cancel_against_completion(workdir, snap):
         dst = start_lazy(workdir, fs.path, gdb=True)
         gdb = dst.gdb
         try:
-            wait_for(lambda: fs.ops.blocked > 0, "the fill to be held")
+            wait_until(lambda: fs.ops.blocked > 0, 120, "the fill to be held")
             assert dst.cmd("query-migrate")["status"] == "postcopy-active"
             io = gdb.thread_id("IO mon_iothread")
             main = gdb.thread_id("qemu-system-x86")
@@ -298,3 +277,45 @@ def test_gdb_is_available():
     """The race tests need gdb; make it a failure, not a skip, if it is gone."""
     assert os.access("/usr/bin/gdb", os.X_OK), "gdb is missing (build-aux/host-deps.sh)"
     assert file_sha256  # imported for the module's tests
+
+
+def test_run_placed_in_part(workdir, snap):
+    """
+    D: the kernel places a run of pages in part, then fails (as UFFDIO_COPY
+    does with ENOMEM when a memory cgroup is full).  gdb makes the first
+    32 KiB prefetch run copy only its first 3 pages and return ENOMEM.
+    The load pauses; the 3 pages are resident and must never be placed
+    again: after migrate-recover the load completes, RAM is the source's.
+    Before, all 8 pages were released, and placing the 3 again failed with
+    EEXIST, pausing the load again for ever.
+    """
+    path, src_ram = snap
+    dst = start_lazy(workdir, path, gdb=True)
+    gdb = dst.gdb
+    try:
+        gdb.break_at("uffd_copy_page", condition="length == 0x8000")
+        thread = gdb.hold_at_break()
+        gdb.evaluate(thread, "length = 0x3000")
+        gdb.finish(thread)
+        gdb.evaluate(thread, "$rax = -12")
+        gdb.resume(thread)
+        gdb.detach()
+        gdb = None
+        migration_event(dst, "postcopy-paused")
+        info = dst.cmd("query-migrate")
+        assert "Cannot allocate memory" in info.get("error-desc", ""), info
+
+        dst.cmd_oob("migrate-recover", uri=f"file:{path}")
+        _, info = dst.wait_migration(timeout=300, until=("completed", "failed",
+                                                         "postcopy-paused"))
+        assert info["status"] == "completed", info
+        resident = info["postcopy-file"]
+        assert resident["pages-resident"] == resident["pages-total"], info
+        assert dst.dump_ram(os.path.join(workdir, "dst.ram")) == src_ram
+    except BaseException:
+        if gdb:
+            gdb.detach()
+        if dst.vm.is_running():
+            dst.kill()
+        raise
+    dst.shutdown()

@@ -2,7 +2,10 @@
 Upstream gate: upstream's own tests run against our build, forced to TCG.
 
 - qtest migration-test: /migration/precopy/file*, /migration/multifd/file/
-  mapped-ram*, /migration/postcopy/plain, /migration/postcopy/recovery/plain
+  mapped-ram*, /migration/postcopy/plain, /migration/postcopy/recovery/plain,
+  and the series' own cases in upstream's framework,
+  /migration/postcopy/file/mapped-ram* (lazy loads of precopy, multifd and
+  background-snapshot files, read errors with recover and cancel)
 - qemu-iotests: 267 and qcow2-internal-snapshots, with -qcow2
 
 Each upstream test case is reported as one pytest test (marked "gate"), so
@@ -31,6 +34,7 @@ PREFIXES = [
     "/x86_64/migration/multifd/file/mapped-ram",
     "/x86_64/migration/postcopy/plain",
     "/x86_64/migration/postcopy/recovery/plain",
+    "/x86_64/migration/postcopy/file",
 ]
 IOTESTS = ["267", "qcow2-internal-snapshots"]
 
@@ -82,7 +86,8 @@ MIGRATION_CASES = list_migration_tests()
 
 def test_migration_test_built():
     assert os.path.exists(MIGRATION_TEST), f"{MIGRATION_TEST} is not built"
-    assert len(MIGRATION_CASES) >= 10, MIGRATION_CASES
+    assert len(MIGRATION_CASES) >= 15, MIGRATION_CASES
+    assert "/x86_64/migration/postcopy/file/mapped-ram/recover" in MIGRATION_CASES
 
 
 @pytest.mark.parametrize("path", MIGRATION_CASES)
