@@ -104,6 +104,7 @@ def test_zero_page_size_refused_eager_and_lazy(workdir, snapfile):
 
 
 VMEM_ADDR = 1 << 32          # where the pc machine maps device memory
+BLOB_ADDR = 16 << 20
 VMEM_ARGS = ["-m", f"{RAM_MB}M,maxmem=1G",
              "-object", "memory-backend-ram,id=vmem0,size=128M",
              "-device", "virtio-mem-pci,memdev=vmem0,requested-size=0,id=vm0,block-size=2M"]
@@ -117,7 +118,13 @@ def test_fault_on_discarded_page_while_paused(workdir):
     waited for a fill that was paused, with the main loop blocked.
     """
     path = os.path.join(workdir, "vmem.mig")
-    src = Guest(workdir, name="src", ram_mb=RAM_MB, kernel=False, extra_args=VMEM_ARGS)
+    # One MiB of data at 16 MiB of pc.ram, so that the file holds pages
+    # whose reads can fail, whatever the firmware has written by then
+    blob = os.path.join(workdir, "blob")
+    with open(blob, "wb") as f:
+        f.write(os.urandom(1 << 20))
+    src = Guest(workdir, name="src", ram_mb=RAM_MB, kernel=False,
+                extra_args=VMEM_ARGS + ["-device", f"loader,file={blob},addr={BLOB_ADDR:#x}"])
     with src:
         devs = src.cmd("query-memory-devices")
         assert devs[0]["data"]["memaddr"] == VMEM_ADDR, devs
@@ -128,14 +135,15 @@ def test_fault_on_discarded_page_while_paused(workdir):
         src.cmd("stop")
         src.migrate_to_file(path, mapped_ram=True)
 
-    # Fail the reads of pc.ram (an idle firmware guest: no device reads it
-    # while its state loads): the load pauses once the guest could run
+    # Fail the reads of that MiB (no device reads it while its state
+    # loads): the load pauses once the guest could run
     _, _, pages_offset, _ = ram_index(path)
     mnt = os.path.join(workdir, "mnt")
     os.mkdir(mnt)
     with FaultyMount(path, mnt, "vmem.mig") as fs:
         dst, _ = start_paused_on_eio(workdir, fs, path, exit_on_error=False,
-                                     bad=(pages_offset, pages_offset + (RAM_MB << 20)),
+                                     bad=(pages_offset + BLOB_ADDR,
+                                          pages_offset + BLOB_ADDR + (1 << 20)),
                                      kernel=False, extra_args=VMEM_ARGS)
         with dst.ended_on_error():
             dump = os.path.join(workdir, "vmem.dump")
