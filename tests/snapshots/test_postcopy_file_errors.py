@@ -90,7 +90,7 @@ def test_truncated_index(workdir, snapfile):
 @pytest.mark.parametrize("field,offset,value,expect", [
     ("version", 0, b"\x00\x00\x00\x63", "version not supported"),
     ("page_size", 4, b"\x00" * 7 + b"\x02", "byte pages"),
-    ("bitmap_offset", 12, b"\x7f" + b"\x00" * 7, "overlaps pages"),
+    ("bitmap_offset", 12, b"\x7f" + b"\x00" * 7, "its bitmap is at 0x7f00000000000000"),
     ("pages_offset", 20, b"\x00\x00\x7f\x00\x00\x00\x00\x00", "truncated or corrupt"),
 ])
 def test_corrupt_header(workdir, snapfile, field, offset, value, expect):
