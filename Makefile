@@ -11,13 +11,14 @@ STOCK := $(BUILD_DIR)/stock
 GUEST := $(BUILD_DIR)/guest
 GUEST_SRC := $(wildcard tests/snapshots/guest/*)
 
-.PHONY: all build stock guest check check-series demo bench bench-threads export-patches clean distclean help
+.PHONY: all build stock guest check check-series check-asan demo bench bench-threads export-patches clean distclean help
 all: build
 
 help:
 	@echo "make            assemble and build the patched QEMU in $(TREE)"
 	@echo "make check      build, then run our tests and the upstream gate"
 	@echo "make check-series   build every step of patches/series in turn (slow)"
+	@echo "make check-asan     postcopy-from-file tests on an ASAN+UBSan build (slow)"
 	@echo "make demo       build, boot the guest, snapshot, revert, print timings"
 	@echo "make bench      build stock and ours, compare them (slow)"
 	@echo "make bench-threads   lazy loads with 1, 2 and 4 prefetch threads (slow)"
@@ -47,6 +48,11 @@ check: build stock guest
 check-series: build
 	build-aux/check-series.sh $(BUILD_DIR)
 
+# The postcopy-from-file tests on an --enable-asan --enable-ubsan build of
+# the series in $(BUILD_DIR)/asan; any sanitizer report fails.
+check-asan: build guest
+	build-aux/check-asan.sh $(BUILD_DIR) $(PYTEST_ARGS)
+
 demo: build guest
 	QIS_BUILD_DIR=$(abspath $(BUILD_DIR)) /usr/bin/python3 tests/snapshots/demo.py
 
@@ -62,7 +68,7 @@ export-patches: config.mk
 	build-aux/export-patches.sh $(TREE)
 
 clean:
-	rm -rf $(BUILD_DIR)/check $(BUILD_DIR)/series $(BUILD_DIR)/series.log $(BUILD_DIR)/bench $(BUILD_DIR)/bench-threads $(BUILD_DIR)/guest
+	rm -rf $(BUILD_DIR)/check $(BUILD_DIR)/series $(BUILD_DIR)/series.log $(BUILD_DIR)/asan $(BUILD_DIR)/asan-check $(BUILD_DIR)/bench $(BUILD_DIR)/bench-threads $(BUILD_DIR)/guest
 
 distclean:
 	rm -rf $(BUILD_DIR) config.mk
