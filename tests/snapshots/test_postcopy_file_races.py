@@ -119,7 +119,8 @@ def on_second_monitor(dst, name, **args):
 
 
 def migration_event(dst, status, timeout=300):
-    return dst.vm.event_wait("MIGRATION", timeout=timeout,
+    # The QMP client waits for ever on an int timeout; only a float counts
+    return dst.vm.event_wait("MIGRATION", timeout=float(timeout),
                              match={"data": {"status": status}})
 
 
