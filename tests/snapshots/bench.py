@@ -5,7 +5,10 @@ guest (not part of make check).
 
 For each guest RAM size (about 75% of it dirtied by the workload) and each
 binary it measures:
-  - snapshot-save into qcow2: guest-stopped time and total time
+  - snapshot-save into qcow2: guest-stopped time and total time, and the
+    longest round trip of query-status while the job runs; for ours also
+    snapshot-save in instant mode (the same figures), and the bytes it
+    added to the image divided by the RAM it saved (non-zero pages)
   - snapshot-load: time until the guest runs again, and until the job ends
   - migrate to file: with background-snapshot, and background-snapshot +
     mapped-ram: guest pause and total time
@@ -33,10 +36,17 @@ from snaptest import Guest
 STOCK_QEMU = snaptest.STOCK_QEMU
 # A lazy load (postcopy from file) with fault latencies reported
 LAZY_TIMED_CAPS = {**snaptest.LAZY_CAPS, "postcopy_blocktime": True}
+# --only-save: measure snapshot-save alone
+ONLY_SAVE = False
 
 METRICS = [
     ("save_paused", "snapshot-save: guest stopped", "s"),
     ("save_total", "snapshot-save: total", "s"),
+    ("save_qmp_max", "snapshot-save: longest query-status round trip", "s"),
+    ("instant_paused", "snapshot-save instant: guest pause", "s"),
+    ("instant_total", "snapshot-save instant: total", "s"),
+    ("instant_qmp_max", "snapshot-save instant: longest query-status round trip", "s"),
+    ("instant_bytes_ratio", "snapshot-save instant: image bytes / RAM saved", "×"),
     ("load_running", "snapshot-load: until guest runs", "s"),
     ("load_total", "snapshot-load: total", "s"),
     ("bg_paused", "migrate bg-snapshot: guest pause", "s"),
@@ -59,6 +69,33 @@ LAZY_EXTRA = [
     ("lazy_faults", "pages faulted", ""),
     ("lazy_wl_speed", "workload speed during fill / after", "×"),
 ]
+
+
+def save_job(g, log, disk, mode=None):
+    """
+    snapshot-save (in MODE) polled with query-status until it concludes:
+    (paused, total, longest round trip, bytes added to the image).
+    """
+    args = {"mode": mode} if mode else {}
+    before = os.stat(disk).st_blocks * 512
+    log.clear()
+    t0 = time.time()
+    g.cmd("snapshot-save", job_id="save", tag=mode or "stopped", vmstate="disk0",
+          devices=["disk0"], **args)
+    worst = 0.0
+    while True:
+        t = time.monotonic()
+        g.cmd("query-status")
+        worst = max(worst, time.monotonic() - t)
+        job = [j for j in g.cmd("query-jobs") if j["id"] == "save"][0]
+        if job["status"] == "concluded":
+            break
+        time.sleep(0.01)
+    err, ev = wait_job(log, "save")
+    if err:
+        raise RuntimeError(f"snapshot-save: {err}")
+    return (log.paused_seconds(), event_time(ev) - t0, worst,
+            os.stat(disk).st_blocks * 512 - before)
 
 
 def migrate_to_file(g, path, caps):
@@ -153,19 +190,23 @@ def run_one(qemu, size_gb, workdir, res):
         g.wait_progress()
         log = EventLog(g)
 
-        log.clear()
-        t0 = time.time()
-        g.cmd("snapshot-save", job_id="save", tag="bench", vmstate="disk0", devices=["disk0"])
-        err, ev = wait_job(log, "save")
-        if err:
-            raise RuntimeError(f"snapshot-save: {err}")
-        res["save_total"] = event_time(ev) - t0
-        res["save_paused"] = log.paused_seconds()
+        (res["save_paused"], res["save_total"], res["save_qmp_max"],
+         _) = save_job(g, log, disk)
+
+        if qemu != STOCK_QEMU:
+            g.wait_progress()
+            (res["instant_paused"], res["instant_total"], res["instant_qmp_max"],
+             written) = save_job(g, log, disk, "instant")
+            saved = g.cmd("query-migrate")["ram"]["normal-bytes"]
+            res["instant_bytes_ratio"] = written / saved
+        if ONLY_SAVE:
+            return
 
         g.wait_progress()
         log.clear()
         t0 = time.time()
-        g.cmd("snapshot-load", job_id="load", tag="bench", vmstate="disk0", devices=["disk0"])
+        g.cmd("snapshot-load", job_id="load", tag="stopped", vmstate="disk0",
+              devices=["disk0"])
         err, ev = wait_job(log, "load")
         if err:
             raise RuntimeError(f"snapshot-load: {err}")
@@ -277,7 +318,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="1,2,4,8", help="guest RAM sizes in GiB")
     ap.add_argument("--out", default=os.path.join(snaptest.BUILD, "bench"))
+    ap.add_argument("--only-save", action="store_true",
+                    help="measure snapshot-save (stopped and instant) alone")
     args = ap.parse_args()
+    global ONLY_SAVE  # pylint: disable=global-statement
+    ONLY_SAVE = args.only_save
     sizes = [int(s) for s in args.sizes.split(",")]
     os.makedirs(args.out, exist_ok=True)
     for q in (STOCK_QEMU, snaptest.QEMU):
