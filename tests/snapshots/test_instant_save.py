@@ -64,6 +64,20 @@ def job_of(g, job_id):
     return jobs[0] if jobs else None
 
 
+def start_held_save(g):
+    """
+    Once the guest is ready: an instant snapshot "old" to keep, then an
+    instant save "save0" of "snap0" that the throttle holds after its
+    capture, until set_hold(g, False).
+    """
+    g.wait_ready()
+    instant_save(g, "old", "old")
+    assert g.wait_job("old") is None
+    set_hold(g, True)
+    instant_save(g, "save0", "snap0")
+    wait_captured(g, "save0")
+
+
 def load(g, tag, mode=None):
     """snapshot-load TAG (eager: needs the mapped-ram capability)."""
     g.set_caps(mapped_ram=True)
@@ -181,12 +195,7 @@ def test_snapshot_absent_until_written(workdir):
     qemu_img("create", "-q", "-f", "qcow2", image, "1G")
     with Guest(workdir, ram_mb=SMALL_RAM_MB, wl_mb=SMALL_WL_MB,
                extra_args=chain_args(image)) as g:
-        g.wait_ready()
-        instant_save(g, "old", "old")
-        assert g.wait_job("old") is None
-        set_hold(g, True)
-        instant_save(g, "save0", "snap0")
-        wait_captured(g, "save0")
+        start_held_save(g)
 
         t = time.monotonic()
         assert g.status() == "running"
@@ -249,12 +258,7 @@ def test_cancel_midway(workdir):
     qemu_img("create", "-q", "-f", "qcow2", image, "1G")
     with Guest(workdir, ram_mb=SMALL_RAM_MB, wl_mb=SMALL_WL_MB,
                extra_args=chain_args(image)) as g:
-        g.wait_ready()
-        instant_save(g, "old", "old")
-        assert g.wait_job("old") is None
-        set_hold(g, True)
-        instant_save(g, "save0", "snap0")
-        wait_captured(g, "save0")
+        start_held_save(g)
         g.cmd("job-cancel", id="save0")
         err = g.wait_job("save0")
         assert err is not None, "a cancelled job must not succeed"
@@ -282,12 +286,7 @@ def test_killed_midway(workdir):
     g = Guest(workdir, ram_mb=SMALL_RAM_MB, wl_mb=SMALL_WL_MB,
               extra_args=chain_args(image))
     with g:
-        g.wait_ready()
-        instant_save(g, "old", "old")
-        assert g.wait_job("old") is None
-        set_hold(g, True)
-        instant_save(g, "save0", "snap0")
-        wait_captured(g, "save0")
+        start_held_save(g)
         wait_until(lambda: job_of(g, "save0")["current-progress"] > 0, 30,
                    "RAM being written")
         g.kill()
@@ -317,12 +316,7 @@ def test_quit_midway(workdir):
     qemu_img("create", "-q", "-f", "qcow2", image, "1G")
     with Guest(workdir, ram_mb=SMALL_RAM_MB, wl_mb=SMALL_WL_MB,
                extra_args=chain_args(image)) as g:
-        g.wait_ready()
-        instant_save(g, "old", "old")
-        assert g.wait_job("old") is None
-        set_hold(g, True)
-        instant_save(g, "save0", "snap0")
-        wait_captured(g, "save0")
+        start_held_save(g)
     code, out = img_check(image)
     assert code in (0, 3), f"the image is corrupt:\n{out}"
     assert snapshots_in(image) == ["old"]
@@ -380,12 +374,7 @@ def test_eio_on_the_vmstate_node(workdir):
     with FaultyMount(backing, mnt, "disk.qcow2", writable=True) as fs:
         with Guest(workdir, ram_mb=SMALL_RAM_MB, wl_mb=SMALL_WL_MB,
                    extra_args=chain_args(fs.path)) as g:
-            g.wait_ready()
-            instant_save(g, "old", "old")
-            assert g.wait_job("old") is None
-            set_hold(g, True)
-            instant_save(g, "save0", "snap0")
-            wait_captured(g, "save0")
+            start_held_save(g)
             fs.ops.error = (0, 1 << 40)
             set_hold(g, False)
             err = g.wait_job("save0")
