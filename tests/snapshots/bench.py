@@ -9,7 +9,10 @@ binary it measures:
     longest round trip of query-status while the job runs; for ours also
     snapshot-save in instant mode (the same figures), and the bytes it
     added to the image divided by the RAM it saved (non-zero pages)
-  - snapshot-load: time until the guest runs again, and until the job ends
+  - snapshot-load: time until the guest runs again, and until the job ends;
+    for ours also snapshot-load in lazy mode of the instant snapshot (the
+    same, plus fill throughput, fault latency and the workload's speed
+    during the fill)
   - migrate to file: with background-snapshot, and background-snapshot +
     mapped-ram: guest pause and total time
   - restoring each of those files into a new QEMU: time from
@@ -49,6 +52,8 @@ METRICS = [
     ("instant_bytes_ratio", "snapshot-save instant: image bytes / RAM saved", "×"),
     ("load_running", "snapshot-load: until guest runs", "s"),
     ("load_total", "snapshot-load: total", "s"),
+    ("slazy_running", "snapshot-load lazy: until guest runs", "s"),
+    ("slazy_total", "snapshot-load lazy: total", "s"),
     ("bg_paused", "migrate bg-snapshot: guest pause", "s"),
     ("bg_total", "migrate bg-snapshot: total", "s"),
     ("bg_restore_running", "restore bg-snapshot file: until guest runs", "s"),
@@ -69,6 +74,8 @@ LAZY_EXTRA = [
     ("lazy_faults", "pages faulted", ""),
     ("lazy_wl_speed", "workload speed during fill / after", "×"),
 ]
+# The same figures of a lazy snapshot-load (of the instant snapshot)
+SLAZY_EXTRA = [("s" + key, label, unit) for key, label, unit in LAZY_EXTRA]
 
 
 def save_job(g, log, disk, mode=None):
@@ -155,32 +162,64 @@ def restore_file(qemu, workdir, ram_mb, wl_mb, path, caps, extra=None, params=No
         done = log.wait("MIGRATION", {"status": "completed"}, timeout=60)
         running = log.wait("RESUME", timeout=60)
         if extra is not None:
-            info = g.cmd("query-migrate")
-            fill = event_time(done) - event_time(running)
-            pfi = info.get("postcopy-file", {})
-            if fill > 0 and pfi:
-                extra["lazy_fill_gbps"] = pfi["bytes-read"] / fill / 1e9
-                extra["lazy_faults"] = pfi["pages-faulted"]
-            if info.get("postcopy-latency"):
-                extra["lazy_fault_avg_us"] = info["postcopy-latency"] / 1000
-            dist = info.get("postcopy-latency-dist") or []
-            extra["lazy_fault_p50_us"] = percentile_us(dist, 0.50)
-            extra["lazy_fault_p99_us"] = percentile_us(dist, 0.99)
-            # workload speed: progress lines (every 100 ms) while filling,
-            # without the first one, which began before the snapshot,
-            # against those after the fill
-            text = g.console()
-            rates = [float(r) for r in
-                     re.findall(r"WL PROGRESS .* rate=(\d+)", text[:done_mark])][1:]
-        errors = g.wait_full_pass(timeout=3600)
-        if errors:
-            raise RuntimeError(f"restored guest found {errors} corrupt pages")
-        if extra is not None:
-            after = [float(r) for r in
-                     re.findall(r"WL PROGRESS .* rate=(\d+)", g.console()[done_mark:])]
-            if rates and after:
-                extra["lazy_wl_speed"] = (sum(rates) / len(rates)) / (sum(after) / len(after))
+            fill_extras(g, extra, "lazy", event_time(done) - event_time(running), 0,
+                        done_mark)
+        else:
+            errors = g.wait_full_pass(timeout=3600)
+            if errors:
+                raise RuntimeError(f"restored guest found {errors} corrupt pages")
         return event_time(running) - t0, event_time(done) - t0
+
+
+def fill_extras(g, extra, prefix, fill, start_mark, done_mark):
+    """
+    Figures of a lazy load that took FILL seconds from the guest's start
+    to completion, whose guest printed from console position START_MARK
+    on while filling and up to DONE_MARK: fill throughput, fault latency
+    and the workload's speed during the fill against after it.  Also has
+    the workload verify every page.
+    """
+    info = g.cmd("query-migrate")
+    pfi = info.get("postcopy-file", {})
+    if fill > 0 and pfi:
+        extra[f"{prefix}_fill_gbps"] = pfi["bytes-read"] / fill / 1e9
+        extra[f"{prefix}_faults"] = pfi["pages-faulted"]
+    if info.get("postcopy-latency"):
+        extra[f"{prefix}_fault_avg_us"] = info["postcopy-latency"] / 1000
+    dist = info.get("postcopy-latency-dist") or []
+    extra[f"{prefix}_fault_p50_us"] = percentile_us(dist, 0.50)
+    extra[f"{prefix}_fault_p99_us"] = percentile_us(dist, 0.99)
+    # workload speed: progress lines (every 100 ms) while filling,
+    # without the first one, which began before the load, against
+    # those after the fill
+    rates = [float(r) for r in
+             re.findall(r"WL PROGRESS .* rate=(\d+)", g.console()[start_mark:done_mark])][1:]
+    errors = g.wait_full_pass(timeout=3600)
+    if errors:
+        raise RuntimeError(f"loaded guest found {errors} corrupt pages")
+    after = [float(r) for r in
+             re.findall(r"WL PROGRESS .* rate=(\d+)", g.console()[done_mark:])]
+    if rates and after:
+        extra[f"{prefix}_wl_speed"] = (sum(rates) / len(rates)) / (sum(after) / len(after))
+
+
+def lazy_snapshot_load(g, log, res):
+    """snapshot-load in lazy mode of the instant snapshot, with its figures."""
+    g.set_caps(postcopy_blocktime=True)
+    log.clear()
+    start_mark = g.console_mark()
+    t0 = time.time()
+    g.cmd("snapshot-load", job_id="lazy", tag="instant", vmstate="disk0",
+          devices=["disk0"], mode="lazy")
+    err, ev = wait_job(log, "lazy")
+    done_mark = g.console_mark()
+    if err:
+        raise RuntimeError(f"snapshot-load lazy: {err}")
+    running = event_time(log.wait("RESUME", timeout=60))
+    res["slazy_running"] = running - t0
+    res["slazy_total"] = event_time(ev) - t0
+    fill_extras(g, res, "slazy", event_time(ev) - running, start_mark, done_mark)
+    g.set_caps(postcopy_blocktime=False)
 
 
 def run_one(qemu, size_gb, workdir, res):
@@ -216,6 +255,12 @@ def run_one(qemu, size_gb, workdir, res):
         res["load_total"] = event_time(ev) - t0
         res["load_running"] = event_time(log.wait("RESUME", timeout=60)) - t0
         g.wait_progress()
+        if qemu != STOCK_QEMU:
+            try:
+                lazy_snapshot_load(g, log, res)
+            except Exception as e:  # pylint: disable=broad-except
+                res["slazy_error"] = f"{type(e).__name__}: {e}"[:300]
+            g.wait_progress()
 
         for key, caps in (("bg", {"background_snapshot": True}),
                           ("bgmr", snaptest.SAVE_CAPS["bg"])):
@@ -279,9 +324,10 @@ def write_outputs(out, results, sizes):
             for k, v in r.items():
                 if k.endswith("_error"):
                     errors.append(f"- {which}, {size} GiB, {k}: {v}")
-    lines += ["", "Lazy restore (ours only):", "",
+    lines += ["", "Lazy restore of a file and lazy snapshot-load (ours only):", "",
               "| figure | RAM | ours |", "|---|---|---|"]
-    for key, label, unit in LAZY_EXTRA:
+    for key, label, unit in LAZY_EXTRA + [(k, "snapshot-load lazy: " + l, u)
+                                          for k, l, u in SLAZY_EXTRA]:
         for size in sizes:
             v = results["ours"].get(str(size), {}).get(key)
             lines.append(f"| {label} | {size} GiB | "

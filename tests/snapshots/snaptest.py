@@ -610,3 +610,54 @@ def differing_pages(a, b, limit=10):
 def dump_json(path, obj):
     with open(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=2)
+
+
+# -- a throttled image, to hold snapshot I/O while a test looks ------------
+# While held, a snapshot's I/O moves this many bytes per second
+HOLD_BPS = 256 * 1024
+
+
+def chain_args(image, hold=False):
+    """
+    -blockdev arguments: IMAGE (file0) under a throttle node (thr0, group
+    tg0) under qcow2 node disk0.  HOLD: start with the write limit set.
+    """
+    limit = f",x-bps-write={HOLD_BPS}" if hold else ""
+    return ["-object", f"throttle-group,id=tg0{limit}",
+            "-blockdev", f"driver=file,filename={image},node-name=file0",
+            "-blockdev", "driver=throttle,throttle-group=tg0,file=file0,node-name=thr0",
+            "-blockdev", "driver=qcow2,file=thr0,node-name=disk0"]
+
+
+def set_hold(g, hold):
+    """Hold writes to thr0 (a background snapshot's) or let them go."""
+    g.cmd("qom-set", path="tg0", property="limits",
+          value={"bps-write": HOLD_BPS if hold else 0})
+
+
+def job_of(g, job_id):
+    """JOB_ID's entry of query-jobs, or None."""
+    jobs = [j for j in g.cmd("query-jobs") if j["id"] == job_id]
+    return jobs[0] if jobs else None
+
+
+def qemu_io(g, node, command):
+    """qemu-io COMMAND on NODE through HMP; fails the test on an error."""
+    out = g.cmd("human-monitor-command", command_line=f'qemu-io {node} "{command}"')
+    assert "failed" not in out.lower() and "error" not in out.lower(), out
+    return out
+
+
+def img_check(path, *args):
+    """qemu-img check: (exit code, output).  0 clean, 3 leaks only, 2 corrupt."""
+    p = subprocess.run([QEMU_IMG, "check", *args, path], capture_output=True, text=True,
+                       check=False)
+    return p.returncode, p.stdout + p.stderr
+
+
+def assert_verified(g):
+    """The workload verifies every page once more and finds none corrupt."""
+    mark = g.console_mark()
+    errors = g.wait_full_pass()
+    assert errors == 0
+    g.check_no_corruption(g.console()[mark:])

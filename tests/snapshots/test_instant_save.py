@@ -17,35 +17,15 @@ import time
 import pytest
 
 from faultyfs import FaultyMount
-from snaptest import (QEMU_IMG, Guest, GuestError, differing_pages, qemu_img,
-                      snapshots_in, wait_until)
+from snaptest import (Guest, GuestError, assert_verified, chain_args,
+                      differing_pages, img_check, job_of, qemu_img, qemu_io,
+                      set_hold, snapshots_in, wait_until)
 
 RAM_MB = int(os.environ.get("QIS_TEST_RAM_MB", "512"))
 WL_MB = RAM_MB * 3 // 4 - 64
 # Small enough that a save through a slow throttle stays short
 SMALL_RAM_MB = 256
 SMALL_WL_MB = 128
-
-# While held, the background save writes this many bytes per second
-HOLD_BPS = 256 * 1024
-
-
-def chain_args(image, hold=False):
-    """
-    -blockdev arguments: IMAGE (file0) under a throttle node (thr0, group
-    tg0) under qcow2 node disk0.  HOLD: start with the write limit set.
-    """
-    limit = f",x-bps-write={HOLD_BPS}" if hold else ""
-    return ["-object", f"throttle-group,id=tg0{limit}",
-            "-blockdev", f"driver=file,filename={image},node-name=file0",
-            "-blockdev", "driver=throttle,throttle-group=tg0,file=file0,node-name=thr0",
-            "-blockdev", "driver=qcow2,file=thr0,node-name=disk0"]
-
-
-def set_hold(g, hold):
-    g.cmd("qom-set", path="tg0", property="limits",
-          value={"bps-write": HOLD_BPS if hold else 0})
-
 
 def instant_save(g, job_id, tag, **extra):
     g.cmd("snapshot-save", job_id=job_id, tag=tag, vmstate="disk0",
@@ -57,11 +37,6 @@ def wait_captured(g, job_id, timeout=60.0):
                          match={"data": {"job-id": job_id}})
     assert ev is not None, "no SNAPSHOT_CAPTURED"
     return ev
-
-
-def job_of(g, job_id):
-    jobs = [j for j in g.cmd("query-jobs") if j["id"] == job_id]
-    return jobs[0] if jobs else None
 
 
 def start_held_save(g):
@@ -86,27 +61,6 @@ def load(g, tag, mode=None):
                     devices=["disk0"], **args)
     g.set_caps(mapped_ram=False)
     return err
-
-
-def qemu_io(g, node, command):
-    out = g.cmd("human-monitor-command", command_line=f'qemu-io {node} "{command}"')
-    assert "failed" not in out.lower() and "error" not in out.lower(), out
-    return out
-
-
-def img_check(path, *args):
-    """qemu-img check: (exit code, output).  0 clean, 3 leaks only, 2 corrupt."""
-    p = subprocess.run([QEMU_IMG, "check", *args, path], capture_output=True, text=True,
-                       check=False)
-    return p.returncode, p.stdout + p.stderr
-
-
-def assert_verified(g):
-    """The workload verifies every page once more and finds none corrupt."""
-    mark = g.console_mark()
-    errors = g.wait_full_pass()
-    assert errors == 0
-    g.check_no_corruption(g.console()[mark:])
 
 
 def test_instant_save_is_the_moment_of_the_request(workdir):

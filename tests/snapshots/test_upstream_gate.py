@@ -11,8 +11,8 @@ Upstream gate: upstream's own tests run against our build, forced to TCG.
   (qemu-img snapshot -c/-a/-d/-l), found by grepping the tests (the grep
   is at IOTESTS below): 007 014 015 029 057 058 060 061 062 066 068 080
   103 112 153 176 178 201 217 244 261 267 271 286 qcow2-internal-snapshots;
-  and the series' own snapshot-save-instant.  They take about 3.5 minutes
-  on 2 cores.
+  and the series' own snapshot-save-instant and snapshot-load-lazy.  They
+  take about 4 minutes on 2 cores.
 
 Each upstream test case is reported as one pytest test (marked "gate"), so
 the summary shows them beside ours.  migration-test is run once for all of
@@ -63,12 +63,13 @@ PREFIXES = [
 # pass-discard-snapshot.
 # No upstream iotest uses snapshot-save/-load/-delete.  The series adds
 # its own in upstream's framework: snapshot-save-instant (patch
-# "tests/qemu-iotests: test instant snapshot-save").
+# "tests/qemu-iotests: test instant snapshot-save") and snapshot-load-lazy
+# (patch "tests/qemu-iotests: test lazy snapshot-load").
 IOTESTS = [
     "007", "014", "015", "029", "057", "058", "060", "061", "062", "066",
     "068", "080", "103", "112", "153", "176", "178", "201", "217", "244",
     "261", "267", "271", "286", "qcow2-internal-snapshots",
-    "snapshot-save-instant",
+    "snapshot-save-instant", "snapshot-load-lazy",
 ]
 
 
