@@ -459,6 +459,15 @@ class Guest:
         self.cmd("pmemsave", val=0, size=self.ram_mb * 1024 * 1024, filename=path)
         return file_sha256(path)
 
+    def assert_ram_is(self, path, want_sum, want_path):
+        """
+        Dump guest RAM to PATH (see dump_ram) and fail, naming the first
+        differing pages, unless it equals the dump WANT_PATH (sha256
+        WANT_SUM).
+        """
+        got = self.dump_ram(path)
+        assert got == want_sum, f"RAM differs at pages {differing_pages(want_path, path)}"
+
     # -- migration ---------------------------------------------------------
     def set_caps(self, **caps):
         """migrate-set-capabilities; keyword names use _ for -."""

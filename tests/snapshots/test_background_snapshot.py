@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from snaptest import SAVE_CAPS, Guest, differing_pages, save_to_file
+from snaptest import SAVE_CAPS, Guest, save_to_file
 
 RAM_MB = int(os.environ.get("QIS_TEST_RAM_MB", "512"))
 WL_MB = RAM_MB * 3 // 4 - 64
@@ -42,9 +42,7 @@ def test_restore_equals_snapshot_point(workdir, kind):
     at_snapshot, want = save_to_file(workdir, path, RAM_MB, WL_MB, stop_first=True,
                                      **CAPS[kind])
     with restore(workdir, path, CAPS[kind], WL_MB) as dst:
-        after = os.path.join(workdir, "ram-dst")
-        got = dst.dump_ram(after)
-        assert got == want, f"RAM differs at pages {differing_pages(at_snapshot, after)}"
+        dst.assert_ram_is(os.path.join(workdir, "ram-dst"), want, at_snapshot)
         dst.cmd("cont")
         assert dst.wait_full_pass() == 0
         dst.check_no_corruption()

@@ -8,8 +8,7 @@ import os
 
 import pytest
 
-from snaptest import (LAZY_CAPS, MIGRATION_END, SAVE_CAPS, Guest, caps_arg,
-                      differing_pages, save_to_file)
+from snaptest import LAZY_CAPS, MIGRATION_END, SAVE_CAPS, Guest, caps_arg, save_to_file
 
 RAM_MB = int(os.environ.get("QIS_TEST_RAM_MB", "512"))
 WL_MB = RAM_MB * 3 // 4 - 64
@@ -37,9 +36,7 @@ def test_lazy_load_equals_snapshot_point(workdir, kind):
         assert pf["pages-resident"] == pf["pages-total"]
         assert pf["pages-prefetched"] > 0
         assert dst.status() == "paused"
-        after = os.path.join(workdir, "ram-dst")
-        got = dst.dump_ram(after)
-        assert got == want, f"RAM differs at pages {differing_pages(at_snapshot, after)}"
+        dst.assert_ram_is(os.path.join(workdir, "ram-dst"), want, at_snapshot)
 
 
 def test_lazy_load_guest_runs_during_fill(workdir):
